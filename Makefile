@@ -1,0 +1,26 @@
+# `make test` and `make bench` bootstrap .venv on a fresh machine: torch is pinned first,
+# because an unpinned torch (pulled in by another requirement) downloads CUDA wheels.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+TORCH ?= torch==2.13.0
+# Data: $BENCH_DATA_DIR if set, else ../shared/data when it sits beside the checkout, else ./data.
+DATA_DIR := $(or $(BENCH_DATA_DIR),$(if $(wildcard ../shared/data),../shared/data,data))
+
+.PHONY: test bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m pytest -q
+
+bench: $(STAMP)
+	BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods kd,finetune --suite amazon
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,162 @@
+"""The types plugins and the host share: suites, batches, model outputs, distillers, metrics.
+
+Importing this module is cheap (no torch, no datasets) so that listing plugins stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from bench.errors import unknown_name
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
+    from torch import nn
+
+SPLITS = ("train", "dev", "test")
+OUTPUTS = frozenset({"logits", "hidden", "attentions", "values"})
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """A multi-domain classification suite.
+
+    `load(domain, split, data_dir)` returns a `datasets.Dataset` with columns
+    text_a, text_b (None for single sentences), label (int), domain (str).
+    `fingerprint(domain, data_dir)` hashes the bytes read for that domain, so that results
+    on other data never mix. `version` changes whenever what `load` returns changes.
+    """
+
+    name: str
+    description: str
+    domains: tuple[str, ...]
+    labels: tuple[str, ...]
+    load: Callable[[str, str, str], datasets.Dataset]
+    fingerprint: Callable[[str, str], str]
+    version: str = "1"
+
+    def check_domains(self, domains: Sequence[str]) -> None:
+        for d in domains:
+            if d not in self.domains:
+                raise unknown_name(f"domain of suite {self.name!r}:", d, self.domains)
+
+
+@dataclass
+class Batch:
+    """One batch, padded to its longest row (never to the max length)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor
+    labels: torch.Tensor
+    domain_ids: torch.Tensor
+
+    def to(self, device: Any) -> Batch:
+        return Batch(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+# One sub-batch per domain, for methods that learn across domains in one step.
+MultiDomainBatch = dict[str, Batch]
+
+
+@dataclass
+class ModelOutputs:
+    """What a forward pass returns; each field is filled only when a distiller asked for it.
+
+    hidden_states: embedding output then each layer, (batch, seq, hidden) each.
+    attention_scores: per layer, pre-softmax (batch, heads, seq, seq) with the additive mask applied.
+    attention_probs: per layer, after softmax. values: per layer, (batch, heads, seq, head_dim).
+    """
+
+    logits: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attention_scores: tuple[torch.Tensor, ...] | None = None
+    attention_probs: tuple[torch.Tensor, ...] | None = None
+    values: tuple[torch.Tensor, ...] | None = None
+
+
+class Distiller:
+    """Base class of every method. The harness owns the loop; a distiller only says what it
+    needs from the models, which extra modules it trains, and how its loss is computed.
+
+    Subclasses set `name` and `description`, and may declare `Options`, a dataclass whose
+    fields are the method's options with their defaults; `self.options` holds the values.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    needs: ClassVar[frozenset[str]] = frozenset({"logits"})
+    teacher_kind: ClassVar[str | None] = "single"  # None: no teacher; "single"; "multi"
+    student_kind: ClassVar[str] = "single"  # "single" (one per domain) or "multi"
+    stages: ClassVar[tuple[str, ...]] = ("main",)
+
+    @dataclass
+    class Options:
+        pass
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        self.options = self.make_options(options or {})
+
+    @classmethod
+    def make_options(cls, values: Mapping[str, Any]) -> Any:
+        known = {f.name for f in dataclasses.fields(cls.Options)}
+        for key in values:
+            if key not in known:
+                raise unknown_name(f"option of {cls.name}:", key, known)
+        return cls.Options(**values)
+
+    def extra_modules(self, teacher_config: Any, student_config: Any) -> nn.Module | None:
+        """Training-only modules (projections, graphs): trained with the student, never counted
+        in its parameters and never shipped with it."""
+        return None
+
+    def loss(
+        self,
+        batch: Batch,
+        student_out: ModelOutputs,
+        teacher_out: ModelOutputs | None,
+        stage: str,
+    ) -> dict[str, torch.Tensor]:
+        """Named loss parts; the total is their sum and every part is logged."""
+        raise NotImplementedError
+
+
+@dataclass
+class EvalContext:
+    """What a metric sees after a run: the student, its test predictions, and the suite."""
+
+    suite: SuiteSpec
+    domain: str
+    predictions: Sequence[int]
+    labels: Sequence[int]
+    student: Any  # bench.models.Classifier
+    extra_modules: Any = None
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric computed once per run. `compute(ctx)` returns a number or a dict of numbers."""
+
+    name: str
+    description: str
+    compute: Callable[[EvalContext], float | dict[str, float]]
+    default: bool = True  # computed unless the user picks metrics
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A scheme of model references (`pkg:`, `hf:` ...). `resolve(name)` returns a local
+    directory in transformers layout, or raises BenchError saying what to install."""
+
+    scheme: str
+    description: str
+    resolve: Callable[[str], str]
+    names: tuple[str, ...] = field(default_factory=tuple)
+

@@ -1,0 +1,83 @@
+"""Tokenisation and batching: tokenise once through `Dataset.map`, pad each batch to its
+longest row (never to the max length)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from bench.api import Batch
+
+
+def tokenize(dataset, tokenizer, max_len: int, domains: Sequence[str]):
+    """Token ids, token types, label and domain id per row; no padding yet."""
+    domain_index = {d: i for i, d in enumerate(domains)}
+    pairs = "text_b" in dataset.column_names and any(t is not None for t in dataset["text_b"])
+
+    def encode(rows: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        enc = tokenizer(
+            rows["text_a"],
+            rows["text_b"] if pairs else None,
+            truncation=True,
+            max_length=max_len,
+            return_token_type_ids=True,
+            return_attention_mask=False,
+        )
+        return {
+            "input_ids": enc["input_ids"],
+            "token_type_ids": enc["token_type_ids"],
+            "domain_id": [domain_index[d] for d in rows["domain"]],
+        }
+
+    from datasets.utils import logging as ds_logging
+
+    quiet = len(dataset) < 20_000  # a bar only where tokenising takes a while
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    if quiet:
+        ds_logging.disable_progress_bar()
+    try:
+        return dataset.map(encode, batched=True, desc="tokenising", remove_columns=[
+            c for c in dataset.column_names if c != "label"])
+    finally:
+        if quiet and was_enabled:
+            ds_logging.enable_progress_bar()
+
+
+class Collator:
+    """Pads a list of tokenised rows to the longest of them."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict[str, Any]]) -> Batch:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        types = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.as_tensor(r["input_ids"])
+            types[i, :n] = torch.as_tensor(r["token_type_ids"])
+            mask[i, :n] = 1
+        return Batch(
+            input_ids=ids,
+            attention_mask=mask,
+            token_type_ids=types,
+            labels=torch.tensor([r["label"] for r in rows], dtype=torch.long),
+            domain_ids=torch.tensor([r["domain_id"] for r in rows], dtype=torch.long),
+        )
+
+
+def make_loader(dataset, batch_size: int, pad_token_id: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    """A loader over a tokenised dataset; shuffling is seeded so runs repeat exactly."""
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(
+        dataset.with_format(None),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=Collator(pad_token_id),
+    )

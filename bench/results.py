@@ -1,0 +1,135 @@
+"""The result store: one JSON file per (suite, preset, method, domain, seed), written atomically.
+
+Schema (version 1). Keys every tool may rely on, as dotted paths: `seed`, `preset`,
+`method.name`, `suite.name`, `suite.domain`, `suite.train_ratio`, `teacher.ref`,
+`teacher.key`, `machine.world_size`. The whole record:
+
+- schema_version, bench_version, plugin_versions, git {commit, dirty}, created (UTC, ISO 8601)
+- seed, preset
+- machine {platform, python, cpu, threads, gpu, torch, transformers, world_size, ...}
+- suite {name, version, domain, train_ratio, sizes {train, dev, test}, fingerprint}
+- method {name, plugin, config}
+- teacher {ref, key, dev_accuracy, test_accuracy} or null when the method has none
+- student {ref, init, layers}
+- train {steps, epochs, batch_size, lr, ..., wall_seconds, examples, examples_per_second,
+  selected_step, best_dev_accuracy, history}
+- metrics {accuracy, params {total, non_embedding, extra_training_only}, ...}
+- timings {teacher_seconds, train_seconds, eval_seconds}
+
+Reports are built from the store only; `upgrade()` keeps files of older schema versions loading.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bench import __version__
+from bench.errors import BenchError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_RESULTS_DIR = "results/runs"
+
+
+@dataclass(frozen=True)
+class RunKey:
+    suite: str
+    preset: str
+    method: str
+    domain: str
+    seed: int
+
+    def path(self, root: str | os.PathLike) -> Path:
+        return Path(root) / self.suite / self.preset / self.method / self.domain / f"seed{self.seed}.json"
+
+
+def write_result(path: Path, record: dict[str, Any]) -> None:
+    """Write atomically: a temp file in the same folder, flushed, then renamed over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def upgrade(record: dict[str, Any]) -> dict[str, Any]:
+    """Bring a record of an older schema to the current one (version 1 is the first)."""
+    version = record.get("schema_version")
+    if version == SCHEMA_VERSION:
+        return record
+    raise BenchError(f"result schema version {version!r} is not known to kd-bench {__version__}",
+                     "upgrade kd-bench, or move that file out of the results dir")
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})",
+                         "delete the file and rerun that run, or restore it") from None
+    return upgrade(record)
+
+
+def iter_results(root: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    base = Path(root)
+    if not base.is_dir():
+        raise BenchError(f"no results dir {base}", "run `python -m bench run ...` first, or pass --results-dir")
+    for path in sorted(base.rglob("*.json")):
+        yield read_result(path)
+
+
+@functools.lru_cache(maxsize=1)
+def git_state() -> dict[str, Any]:
+    """The commit of the kd-bench checkout this runs from, and whether it has local changes."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def machine_info(pm=None, world_size: int = 1) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "world_size": world_size,
+    }
+    if pm is not None:
+        pm.hook.bench_machine_info(info=info)
+    return info
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,264 @@
+"""A grid of runs: every (method, domain, seed) of one suite under one preset.
+
+For each domain the data is loaded and tokenised once; the teacher comes from the store
+(trained there on first use); each run trains a student, tests the best-on-dev checkpoint,
+computes the metrics and writes one result file. Runs whose result file exists are skipped
+unless `overwrite`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import __version__
+from bench.api import Distiller, EvalContext, SuiteSpec
+from bench.data import make_loader, tokenize
+from bench.errors import BenchError
+from bench.measure import param_counts
+from bench.models import build_classifier, load_tokenizer
+from bench.plugins import Registry, plugin_version
+from bench.presets import Preset
+from bench.results import RunKey, git_state, machine_info, now_utc, write_result
+from bench.teachers import StoredTeacher, TeacherStore, get_or_train_teacher
+from bench.train import FitResult, TrainConfig, accuracy, fit, make_accelerator, predict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Grid:
+    suite: SuiteSpec
+    preset: Preset
+    methods: list[type[Distiller]]
+    domains: Sequence[str]
+    seeds: Sequence[int]
+    data_dir: str
+    results_dir: str
+    overwrite: bool = False
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def keys(self) -> list[tuple[RunKey, type[Distiller]]]:
+        return [(RunKey(self.suite.name, self.preset.name, m.name, d, s), m)
+                for d in self.domains for m in self.methods for s in self.seeds]
+
+
+@dataclass
+class Trained:
+    """A training's figures and the selected checkpoint's test predictions."""
+
+    fit: FitResult
+    test_preds: list[int]
+    test_golds: list[int]
+
+    @property
+    def test_accuracy(self) -> float:
+        return accuracy(self.test_preds, self.test_golds)
+
+
+@dataclass
+class DomainData:
+    """One domain's splits, tokenised once and shared by the teacher and every student."""
+
+    sizes: dict[str, int]
+    fingerprint: str
+    tokenized: dict[str, Any]
+    pad_token_id: int
+
+
+def load_domain(suite: SuiteSpec, domain: str, preset: Preset, data_dir: str, tokenizer) -> DomainData:
+    limits = {"train": preset.max_train_rows, "dev": preset.max_dev_rows, "test": preset.max_test_rows}
+    tokenized, sizes = {}, {}
+    for split, limit in limits.items():
+        ds = suite.load(domain, split, data_dir)
+        if limit is not None and len(ds) > limit:
+            ds = ds.select(range(limit))  # the first N rows, as the few-shot protocol takes them
+        if len(ds) == 0:
+            raise BenchError(f"{suite.name}/{domain} has no {split} rows in {data_dir}",
+                             "check the data dir, or use another preset")
+        sizes[split] = len(ds)
+        tokenized[split] = tokenize(ds, tokenizer, preset.max_len, suite.domains)
+    return DomainData(sizes, suite.fingerprint(domain, data_dir), tokenized, tokenizer.pad_token_id)
+
+
+def check_same_vocab(teacher_tok, student_tok, preset: Preset) -> None:
+    if teacher_tok.get_vocab() != student_tok.get_vocab():
+        raise BenchError(
+            f"teacher {preset.teacher.ref} and student {preset.student.ref} use different vocabularies",
+            "pick a teacher and student with the same tokenizer (mapping between them comes later)")
+
+
+class Runner:
+    def __init__(self, grid: Grid, registry: Registry):
+        self.grid = grid
+        self.registry = registry
+        self.accelerator = make_accelerator()
+        self.store = TeacherStore()
+        self.machine = machine_info(registry.pm, world_size=self.accelerator.num_processes)
+
+    def pending(self) -> list[tuple[RunKey, type[Distiller]]]:
+        out = []
+        for key, method in self.grid.keys():
+            if key.path(self.grid.results_dir).exists() and not self.grid.overwrite:
+                log.info("skipping %s/%s/%s seed %d: result exists (--overwrite to redo)",
+                         key.method, key.suite, key.domain, key.seed)
+                continue
+            out.append((key, method))
+        return out
+
+    def run(self) -> list[Path]:
+        g = self.grid
+        todo = self.pending()
+        if not todo:
+            return []
+        tokenizer = load_tokenizer(g.preset.student.ref)
+        if any(m.teacher_kind for _, m in todo):
+            check_same_vocab(load_tokenizer(g.preset.teacher.ref), tokenizer, g.preset)
+        written = []
+        for domain in g.domains:
+            runs = [(k, m) for k, m in todo if k.domain == domain]
+            if not runs:
+                continue
+            data = load_domain(g.suite, domain, g.preset, g.data_dir, tokenizer)
+            teacher = None
+            for key, method in runs:
+                if method.teacher_kind and teacher is None:
+                    teacher = self.teacher(domain, data)
+                record = self.run_one(key, method, data, teacher)
+                path = key.path(g.results_dir)
+                write_result(path, record)
+                self.registry.pm.hook.bench_run_finished(result=record)
+                log.info("%s on %s/%s seed %d: accuracy %.4f -> %s", key.method, key.suite, key.domain,
+                         key.seed, record["metrics"].get("accuracy", float("nan")), path)
+                written.append(path)
+        return written
+
+    # -- teachers -----------------------------------------------------------------------
+    def teacher(self, domain: str, data: DomainData) -> StoredTeacher:
+        g, p = self.grid, self.grid.preset
+        identity = {
+            "model": {"ref": p.teacher.ref, "init": p.teacher.init, "layers": p.teacher.layers},
+            "suite": g.suite.name,
+            "suite_version": g.suite.version,
+            "domain": domain,
+            "data_fingerprint": data.fingerprint,
+            "sizes": data.sizes,
+            "max_len": p.max_len,
+            "kind": "single",
+            "train": p.teacher_train.to_dict(),
+            "seed": p.teacher_seed,
+        }
+
+        def train(model) -> dict[str, Any]:
+            trained = self.train_and_test(
+                model, lambda b: {"ce": torch.nn.functional.cross_entropy(model(b).logits, b.labels)},
+                data, p.teacher_train, p.teacher_seed, f"teacher {domain}")
+            return {"dev_accuracy": trained.fit.best_dev_accuracy, "test_accuracy": trained.test_accuracy,
+                    "steps": trained.fit.steps, "selected_step": trained.fit.selected_step}
+
+        stored = get_or_train_teacher(identity, len(g.suite.labels), train, self.store)
+        stored.model.to(self.accelerator.device).eval()
+        return stored
+
+    # -- one run ------------------------------------------------------------------------
+    def train_and_test(self, model, compute_loss, data: DomainData, config: TrainConfig, seed: int,
+                       desc: str, extra_modules=None) -> Trained:
+        from accelerate.utils import set_seed
+
+        set_seed(seed)
+        train_loader = make_loader(data.tokenized["train"], config.batch_size, data.pad_token_id,
+                                   shuffle=True, seed=seed)
+        dev_loader, test_loader = (
+            self.accelerator.prepare(make_loader(data.tokenized[s], 64, data.pad_token_id, shuffle=False))
+            for s in ("dev", "test"))
+        model.to(self.accelerator.device)
+
+        def dev_accuracy() -> float:
+            return accuracy(*predict(model, dev_loader, self.accelerator))
+
+        result = fit(model, train_loader, compute_loss, dev_accuracy, config, self.accelerator,
+                     extra_modules=extra_modules, desc=desc)
+        return Trained(result, *predict(model, test_loader, self.accelerator))
+
+    def run_one(self, key: RunKey, method: type[Distiller], data: DomainData,
+                teacher: StoredTeacher | None) -> dict[str, Any]:
+        from accelerate.utils import set_seed
+
+        g, p = self.grid, self.grid.preset
+        distiller = method(g.method_options.get(method.name))
+        set_seed(key.seed)
+        student = build_classifier(p.student, len(g.suite.labels))
+        extra = distiller.extra_modules(teacher.model.config if teacher else None, student.config)
+        needs = distiller.needs
+
+        def compute_loss(batch, stage):
+            student_out = student(batch, needs)
+            teacher_out = None
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_out = teacher.model(batch, needs)
+            return distiller.loss(batch, student_out, teacher_out, stage)
+
+        start = time.perf_counter()
+        stages = []
+        for stage in method.stages:
+            stages.append(self.train_and_test(
+                student, lambda b, stage=stage: compute_loss(b, stage), data, p.student_train, key.seed,
+                f"{key.method} {key.domain} s{key.seed}" + (f" {stage}" if len(method.stages) > 1 else ""),
+                extra_modules=extra))
+        train_seconds = time.perf_counter() - start
+        fits = [t.fit for t in stages]
+        preds, golds = stages[-1].test_preds, stages[-1].test_golds
+
+        eval_start = time.perf_counter()
+        ctx = EvalContext(g.suite, key.domain, preds, golds, student, extra)
+        metrics = {name: spec.compute(ctx) for name, spec in self.registry.metrics.items() if spec.default}
+        eval_seconds = time.perf_counter() - eval_start
+
+        last = fits[-1]
+        examples = sum(f.examples for f in fits)
+        wall = sum(f.wall_seconds for f in fits)
+        plugin = self.registry.owner("distiller", method.name)
+        return {
+            "schema_version": 1,
+            "bench_version": __version__,
+            "plugin_versions": {plugin: plugin_version(plugin)},
+            "git": git_state(),
+            "created": now_utc(),
+            "seed": key.seed,
+            "preset": p.name,
+            "machine": self.machine,
+            "suite": {"name": g.suite.name, "version": g.suite.version, "domain": key.domain,
+                      "train_ratio": 1.0, "sizes": data.sizes, "fingerprint": data.fingerprint},
+            "method": {"name": method.name, "plugin": plugin,
+                       "config": _jsonable(vars(distiller.options))},
+            "teacher": None if teacher is None else {
+                "ref": p.teacher.ref, "key": teacher.key, "params": param_counts(teacher.model),
+                "dev_accuracy": teacher.info.get("dev_accuracy"),
+                "test_accuracy": teacher.info.get("test_accuracy")},
+            "student": {"ref": p.student.ref, "init": p.student.init,
+                        "layers": list(p.student.layers) if p.student.layers else None},
+            "train": {**p.student_train.to_dict(), "max_len": p.max_len, "steps": sum(f.steps for f in fits),
+                      "examples": examples, "wall_seconds": round(wall, 3),
+                      "examples_per_second": round(examples / wall, 2) if wall else None,
+                      "selected_step": last.selected_step, "best_dev_accuracy": last.best_dev_accuracy,
+                      "history": [h for f in fits for h in f.history]},
+            "metrics": metrics,
+            "timings": {"teacher_seconds": teacher.info.get("wall_seconds") if teacher else None,
+                        "train_seconds": round(train_seconds, 3), "eval_seconds": round(eval_seconds, 3)},
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+

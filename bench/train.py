@@ -1,0 +1,166 @@
+"""The one training loop (teachers and students alike) and model selection on dev.
+
+AdamW with weight decay (none on biases and LayerNorm), linear warm-up then linear decay,
+grad-norm clipping, dev evaluation every K steps; the best dev checkpoint is the one kept.
+Written against `accelerate.Accelerator`, so `accelerate launch` runs it unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bench.api import Batch
+from bench.models import clone_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    eval_every: int = 0  # steps between dev evaluations; 0: at the end of each epoch
+    max_steps: int | None = None  # stop early (smoke runs); None: epochs decide
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    steps: int
+    examples: int
+    wall_seconds: float
+    selected_step: int
+    best_dev_accuracy: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+def make_accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator()
+
+
+def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only, as BERT's recipe does: biases and LayerNorm weights are left alone."""
+    decay, no_decay = [], []
+    for module in modules:
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def fit(
+    model: nn.Module,
+    train_loader: torch.utils.data.DataLoader,
+    compute_loss: Callable[[Batch], dict[str, torch.Tensor]],
+    evaluate: Callable[[], float],
+    config: TrainConfig,
+    accelerator,
+    extra_modules: nn.Module | None = None,
+    desc: str = "train",
+) -> FitResult:
+    """Train `model` (and `extra_modules`) on `compute_loss`, keep the best dev checkpoint.
+
+    `compute_loss(batch)` returns named loss parts whose sum is minimised; `evaluate()`
+    returns dev accuracy of `model` (called in eval mode). At the end `model` holds the
+    weights of the step with the best dev accuracy (the earliest, on ties).
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    steps_per_epoch = len(train_loader)
+    total = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    eval_every = config.eval_every or steps_per_epoch
+    trained = [model] + ([extra_modules] if extra_modules is not None else [])
+    optimizer = torch.optim.AdamW(param_groups(trained, config.weight_decay), lr=config.lr)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, math.ceil(config.warmup_ratio * total), max(total, 1))
+    model, optimizer, train_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, scheduler)
+    if extra_modules is not None:
+        extra_modules = accelerator.prepare(extra_modules)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    best_acc, best_step, best_state = -1.0, 0, None
+    history: list[dict[str, float]] = []
+    step = examples = 0
+    start = time.perf_counter()
+    bar = tqdm(total=total, desc=desc, unit="step", disable=None, dynamic_ncols=True, leave=False)
+    while step < total:
+        for batch in train_loader:
+            for m in trained:
+                m.train()
+            parts = compute_loss(batch)
+            loss = sum(parts.values())
+            accelerator.backward(loss)
+            if config.max_grad_norm:
+                accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            examples += len(batch)
+            rate = examples / max(time.perf_counter() - start, 1e-9)
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}", ex_s=f"{rate:.1f}", refresh=False)
+            if step % eval_every == 0 or step == total:
+                for m in trained:
+                    m.eval()
+                acc = evaluate()
+                history.append({"step": step, "loss": loss.item(), "dev_accuracy": acc,
+                                **{k: v.item() for k, v in parts.items()}})
+                log.info("%s: step %d/%d loss %.4f dev accuracy %.4f (%.1f ex/s)", desc, step, total,
+                         loss.item(), acc, rate)
+                if acc > best_acc:
+                    best_acc, best_step = acc, step
+                    best_state = clone_state(accelerator.unwrap_model(model))
+            if step >= total:
+                break
+    bar.close()
+    wall = time.perf_counter() - start
+    unwrapped = accelerator.unwrap_model(model)
+    if best_state is not None:
+        unwrapped.load_state_dict(best_state)
+    unwrapped.eval()
+    return FitResult(steps=step, examples=examples, wall_seconds=wall, selected_step=best_step,
+                     best_dev_accuracy=best_acc, history=history)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: torch.utils.data.DataLoader, accelerator) -> tuple[list[int], list[int]]:
+    """Argmax predictions and gold labels over a loader, gathered across processes."""
+    model.eval()
+    preds, golds = [], []
+    for batch in loader:
+        batch = batch.to(accelerator.device)
+        logits = model(batch).logits
+        p, y = accelerator.gather_for_metrics((logits.argmax(-1), batch.labels))
+        preds.extend(p.tolist())
+        golds.extend(y.tolist())
+    return preds, golds
+
+
+def accuracy(preds: list[int], golds: list[int]) -> float:
+    return sum(int(p == g) for p, g in zip(preds, golds)) / max(len(golds), 1)

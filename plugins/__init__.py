@@ -1,0 +1,1 @@
+"""The built-in plugins of kd-bench, installed as `bench_plugins`."""

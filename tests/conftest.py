@@ -1,0 +1,41 @@
+"""Test setup: no entry points (an installed plugin must not change what tests see), no
+network, a throwaway teacher store; the real data of ../shared/data when it is there."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["BENCH_NO_ENTRY_POINTS"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("BENCH_LOAD_PLUGINS", None)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path | None:
+    for candidate in (os.environ.get("BENCH_DATA_DIR"), REPO.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "amazon").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    found = shared_data_dir()
+    if found is None:
+        pytest.skip("the real data (../shared/data or $BENCH_DATA_DIR) is not here")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def isolated_store(tmp_path_factory, monkeypatch):
+    """Every test gets a fresh teacher store and the default plugins only."""
+    from bench.plugins import set_registry
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    set_registry(None)
+    yield
+    set_registry(None)

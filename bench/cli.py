@@ -83,7 +83,7 @@ def cmd_run(args) -> int:
     records = [r for r in iter_results(args.results_dir)
                if r["suite"]["name"] == suite.name and r["preset"] == preset.name
                and r["method"]["name"] in args.methods]
-    print(build_report(records, suite.name, {suite.name: suite.domains}))
+    print(build_report(records, suite.name, {suite.name: suite.domains}, method_order=args.methods))
     return 0
 
 

@@ -43,8 +43,10 @@ def _millions(n: float | None) -> str:
     return "-" if n is None or (isinstance(n, float) and math.isnan(n)) else f"{n / 1e6:.1f}M"
 
 
-def accuracy_table(df: pd.DataFrame, domains: Sequence[str]) -> pd.DataFrame:
+def accuracy_table(df: pd.DataFrame, domains: Sequence[str],
+                   method_order: Sequence[str] | None = None) -> pd.DataFrame:
     """The table of one (suite, preset): methods x domains, average, seeds and parameters.
+    Rows: the teacher, then `method_order`, then any other method alphabetically.
 
     A method's average is taken per seed over all domains, then its mean (± std) over seeds;
     a method that lacks a domain has no average.
@@ -58,7 +60,10 @@ def accuracy_table(df: pd.DataFrame, domains: Sequence[str]) -> pd.DataFrame:
         complete = all(len(v) == 1 for v in per_domain.values())
         average = [sum(v[0] for v in per_domain.values()) / len(domains)] if complete else []
         rows.append(_row(TEACHER_ROW, per_domain, average, None, teachers, "teacher.params"))
-    for method, sub in df.groupby("method.name", sort=False):
+    methods = list(method_order or [])
+    methods = [m for m in methods if m in set(df["method.name"])] + sorted(set(df["method.name"]) - set(methods))
+    for method in methods:
+        sub = df[df["method.name"] == method]
         per_domain = {d: sub.loc[sub["suite.domain"] == d, "metrics.accuracy"].tolist() for d in domains}
         pivot = sub.pivot_table(index="seed", columns="suite.domain", values="metrics.accuracy")
         average = pivot.reindex(columns=list(domains)).dropna().mean(axis=1).tolist()
@@ -92,7 +97,7 @@ def render(table: pd.DataFrame, fmt: str = "md") -> str:
 
 
 def build_report(records: Iterable[dict[str, Any]], suite: str | None, domain_orders: dict[str, Sequence[str]],
-                 fmt: str = "md") -> str:
+                 fmt: str = "md", method_order: Sequence[str] | None = None) -> str:
     df = to_frame(records)
     if df.empty:
         raise BenchError("the results dir holds no results", "run `python -m bench run ...` first")
@@ -105,6 +110,6 @@ def build_report(records: Iterable[dict[str, Any]], suite: str | None, domain_or
         domains = list(domain_orders.get(suite_name) or [])
         domains = [d for d in domains if d in set(sub["suite.domain"])] + sorted(
             set(sub["suite.domain"]) - set(domains))
-        table = accuracy_table(sub, domains)
+        table = accuracy_table(sub, domains, method_order)
         parts.append(f"### {suite_name} ({preset} preset): test accuracy (%)\n\n{render(table, fmt)}\n")
     return "\n".join(parts)

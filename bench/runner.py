@@ -130,7 +130,7 @@ class Runner:
             for key, method in runs:
                 if method.teacher_kind and teacher is None:
                     teacher = self.teacher(domain, data)
-                record = self.run_one(key, method, data, teacher)
+                record = self.run_one(key, method, data, teacher if method.teacher_kind else None)
                 path = key.path(g.results_dir)
                 write_result(path, record)
                 self.registry.pm.hook.bench_run_finished(result=record)
@@ -160,7 +160,8 @@ class Runner:
                 model, lambda b: {"ce": torch.nn.functional.cross_entropy(model(b).logits, b.labels)},
                 data, p.teacher_train, p.teacher_seed, f"teacher {domain}")
             return {"dev_accuracy": trained.fit.best_dev_accuracy, "test_accuracy": trained.test_accuracy,
-                    "steps": trained.fit.steps, "selected_step": trained.fit.selected_step}
+                    "steps": trained.fit.steps, "selected_step": trained.fit.selected_step,
+                    "history": trained.fit.history}
 
         stored = get_or_train_teacher(identity, len(g.suite.labels), train, self.store)
         stored.model.to(self.accelerator.device).eval()

@@ -140,6 +140,7 @@ def fit(
                 break
     bar.close()
     wall = time.perf_counter() - start
+    accelerator.free_memory()  # drop the accelerator's references, or every run of a grid stays in memory
     unwrapped = accelerator.unwrap_model(model)
     if best_state is not None:
         unwrapped.load_state_dict(best_state)

@@ -1,0 +1,100 @@
+"""The smoke preset through the CLI, on the real Amazon files."""
+
+import json
+import logging
+import pytest
+
+from bench.cli import main
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, data_dir):
+    results = tmp_path_factory.mktemp("results")
+    store = tmp_path_factory.mktemp("store")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BENCH_CACHE_DIR", str(store))
+    code = main(["run", "--methods", "kd,finetune", "--suite", "amazon", "--preset", "smoke",
+                 "--results-dir", str(results), "--data-dir", str(data_dir)])
+    mp.undo()
+    return code, results, store
+
+
+@pytest.fixture
+def same_store(smoke_run, monkeypatch):
+    """Later runs see the teacher store the smoke run filled."""
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(smoke_run[2]))
+
+
+def read_all(results):
+    return {p.relative_to(results).as_posix(): json.loads(p.read_text()) for p in results.rglob("*.json")}
+
+
+def test_one_result_file_per_method_and_domain(smoke_run):
+    code, results, _ = smoke_run
+    assert code == 0
+    files = read_all(results)
+    assert sorted(files) == sorted(f"amazon/smoke/{m}/{d}/seed1.json" for m in ("kd", "finetune")
+                                   for d in ("books", "dvd", "electronics", "kitchen"))
+    kd = files["amazon/smoke/kd/books/seed1.json"]
+    assert kd["suite"]["sizes"] == {"train": 48, "dev": 16, "test": 16}
+    assert kd["method"] == {"name": "kd", "plugin": "bench_plugins.distillers.kd",
+                            "config": {"temperature": 2.0, "alpha": 0.5}}
+    assert kd["teacher"]["ref"] == "random:tiny" and len(kd["teacher"]["key"]) == 20
+    assert 0.0 <= kd["metrics"]["accuracy"] <= 1.0
+    assert kd["metrics"]["params"]["total"] > kd["metrics"]["params"]["non_embedding"] > 0
+    assert kd["train"]["steps"] == 12 and kd["train"]["selected_step"] in (3, 6, 9, 12)
+    assert kd["machine"]["world_size"] == 1
+    assert files["amazon/smoke/finetune/books/seed1.json"]["teacher"] is None
+
+
+def test_report_shows_both_methods_and_all_domains(smoke_run, capsys):
+    _, results, _ = smoke_run
+    assert main(["report", "--results-dir", str(results)]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| method"))
+    for column in ("books", "dvd", "electronics", "kitchen", "avg", "params"):
+        assert column in header
+    rows = [line.split("|")[1].strip() for line in out.splitlines()[4:] if line.startswith("|")]
+    assert rows == ["teacher", "finetune", "kd"]  # the teacher, then methods alphabetically
+
+
+def test_a_rerun_skips_finished_runs_and_reuses_teachers(smoke_run, same_store, data_dir, caplog):
+    _, results, _ = smoke_run
+    before = {p: p.stat().st_mtime_ns for p in results.rglob("*.json")}
+    caplog.set_level(logging.INFO)
+    assert main(["run", "--methods", "kd", "--suite", "amazon", "--preset", "smoke", "--domains", "books",
+                 "--results-dir", str(results), "--data-dir", str(data_dir)]) == 0
+    assert "result exists" in caplog.text
+    assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json")} == before
+    caplog.clear()
+    assert main(["run", "--methods", "kd", "--suite", "amazon", "--preset", "smoke", "--domains", "books",
+                 "--seeds", "2", "--results-dir", str(results), "--data-dir", str(data_dir)]) == 0
+    assert "reusing teacher" in caplog.text and "training teacher" not in caplog.text
+    files = read_all(results)
+    assert files["amazon/smoke/kd/books/seed2.json"]["teacher"]["key"] == \
+        files["amazon/smoke/kd/books/seed1.json"]["teacher"]["key"]
+
+
+def test_overwrite_repeats_a_run_exactly(smoke_run, same_store, data_dir):
+    _, results, _ = smoke_run
+    path = results / "amazon/smoke/finetune/dvd/seed1.json"
+    before = json.loads(path.read_text())
+    assert main(["run", "--methods", "finetune", "--suite", "amazon", "--preset", "smoke", "--domains", "dvd",
+                 "--results-dir", str(results), "--data-dir", str(data_dir), "--overwrite"]) == 0
+    after = json.loads(path.read_text())
+    assert after["created"] >= before["created"]
+    assert after["train"]["history"] == before["train"]["history"]  # CPU runs repeat exactly
+    assert after["metrics"] == before["metrics"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--methods", "kdd", "--suite", "amazon"], "unknown distiller 'kdd'; did you mean 'kd'?"),
+    (["--methods", "kd", "--suite", "amazn"], "unknown suite 'amazn'; did you mean 'amazon'?"),
+    (["--methods", "kd", "--suite", "amazon", "--preset", "smok"], "unknown preset 'smok'; did you mean 'smoke'?"),
+    (["--methods", "kd", "--suite", "amazon", "--domains", "book"], "did you mean 'books'?"),
+])
+def test_unknown_names_exit_2_with_a_suggestion(argv, message, capsys, data_dir):
+    assert main(["run", *argv, "--data-dir", str(data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == f"error: {message}" or message in err.splitlines()[0]
+    assert "Traceback" not in err

@@ -153,8 +153,8 @@ def set_registry(registry: Registry | None) -> None:
 def plugin_version(plugin_name: str) -> str | None:
     """The version of the distribution a plugin module comes from, when it can be told."""
     top = plugin_name.split(".")[0]
-    dist = {"bench": "kd-bench", "bench_plugins": "kd-bench"}.get(top, top)
+    dists = metadata.packages_distributions().get(top) or [top]
     try:
-        return metadata.version(dist)
+        return metadata.version(dists[0])
     except metadata.PackageNotFoundError:
         return None

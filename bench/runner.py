@@ -44,6 +44,14 @@ class Grid:
     overwrite: bool = False
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def __post_init__(self):
+        for m in self.methods:
+            if m.teacher_kind not in (None, "single") or m.student_kind != "single":
+                raise BenchError(
+                    f"method {m.name!r} needs a {m.teacher_kind} teacher and a {m.student_kind} student; "
+                    "this harness version trains single-domain ones only",
+                    "run it with a kd-bench that supports multi-domain teachers and students")
+
     def keys(self) -> list[tuple[RunKey, type[Distiller]]]:
         return [(RunKey(self.suite.name, self.preset.name, m.name, d, s), m)
                 for d in self.domains for m in self.methods for s in self.seeds]

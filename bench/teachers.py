@@ -96,6 +96,9 @@ def get_or_train_teacher(identity: dict[str, Any], num_labels: int, train_fn, st
         log.info("reusing teacher %s (%s, %s)", key, spec.ref, identity["domain"])
         return stored
     log.info("training teacher %s (%s on %s/%s)", key, spec.ref, identity["suite"], identity["domain"])
+    from accelerate.utils import set_seed
+
+    set_seed(identity["seed"])  # the new head's init must not depend on what ran before
     model = make_model()
     start = time.perf_counter()
     info = {"identity": identity, **train_fn(model)}

@@ -98,3 +98,46 @@ def test_unknown_names_exit_2_with_a_suggestion(argv, message, capsys, data_dir)
     err = capsys.readouterr().err
     assert err.splitlines()[0] == f"error: {message}" or message in err.splitlines()[0]
     assert "Traceback" not in err
+
+
+def test_observer_hooks_see_each_result_and_add_machine_facts(tmp_path, data_dir):
+    from bench.hookspecs import hookimpl
+    from bench.plugins import Registry, make_plugin_manager, set_registry
+
+    seen = []
+
+    class Observer:
+        @hookimpl
+        def bench_run_finished(self, result):
+            seen.append((result["method"]["name"], result["suite"]["domain"]))
+
+        @hookimpl
+        def bench_machine_info(self, info):
+            info["cluster"] = "lab-a"
+
+    pm = make_plugin_manager(load_entry_points=False)
+    pm.register(Observer())
+    set_registry(Registry.build(pm))
+    assert main(["run", "--methods", "finetune", "--suite", "amazon", "--preset", "smoke", "--domains",
+                 "dvd", "--results-dir", str(tmp_path), "--data-dir", str(data_dir)]) == 0
+    assert seen == [("finetune", "dvd")]
+    record = json.loads((tmp_path / "amazon/smoke/finetune/dvd/seed1.json").read_text())
+    assert record["machine"]["cluster"] == "lab-a"
+    assert record["plugin_versions"] == {"bench_plugins.distillers.finetune": "0.1.0"}
+
+
+def test_a_teacher_does_not_depend_on_what_ran_before(tmp_path, data_dir, monkeypatch):
+    """Same identity, same weights: whether a student ran first must not change the teacher."""
+    import torch
+
+    weights = []
+    for i, methods in enumerate(("kd", "finetune,kd")):
+        monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / f"store{i}"))
+        assert main(["run", "--methods", methods, "--suite", "amazon", "--preset", "smoke", "--domains",
+                     "books", "--results-dir", str(tmp_path / f"r{i}"), "--data-dir", str(data_dir)]) == 0
+        (folder,) = (tmp_path / f"store{i}" / "teachers").iterdir()
+        from safetensors.torch import load_file
+
+        weights.append(load_file(str(folder / "model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

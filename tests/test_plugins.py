@@ -90,3 +90,39 @@ def test_options_are_checked_when_the_method_is_built():
         kd({"alpah": 0.3})
     with pytest.raises(BenchError, match="alpha must lie in"):
         kd({"alpha": 1.5})
+
+
+def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
+    """A package installed with a `bench` entry point loads like a third party's would."""
+    (tmp_path / "outside_kd.py").write_text(
+        "import torch.nn.functional as F\n"
+        "from bench.api import Distiller\n"
+        "from bench.hookspecs import hookimpl\n\n"
+        "class OutsideKD(Distiller):\n"
+        "    name = 'outside-kd'\n"
+        "    description = 'installed through an entry point'\n"
+        "    def loss(self, batch, student_out, teacher_out, stage):\n"
+        "        return {'ce': F.cross_entropy(student_out.logits, batch.labels)}\n\n"
+        "@hookimpl\n"
+        "def bench_register_distillers(register):\n"
+        "    register(OutsideKD)\n")
+    dist = tmp_path / "outside_kd-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: outside-kd\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[bench]\noutside_kd = outside_kd\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry.build(make_plugin_manager(load_entry_points=True))
+    assert reg.owner("distiller", "outside-kd") == "outside_kd"
+    monkeypatch.setenv("BENCH_LOAD_PLUGINS", "bench_plugins.distillers.kd")
+    assert "outside-kd" not in Registry.build(make_plugin_manager(load_entry_points=True)).distillers
+
+
+def test_a_broken_entry_point_names_itself(tmp_path, monkeypatch):
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('boom')\n")
+    dist = tmp_path / "broken_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[bench]\nbroken = broken_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(BenchError, match="plugin 'broken' .* failed to import: boom"):
+        make_plugin_manager(load_entry_points=True)

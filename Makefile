@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(PY) -m ruff check bench plugins tests
 	BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench.errors import unknown_name
@@ -22,22 +23,44 @@ OUTPUTS = frozenset({"logits", "hidden", "attentions", "values"})
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """Where a suite reads its files, and how it treats malformed rows."""
+
+    data_dir: str
+    skip_bad_rows: bool = False  # False: stop at the first bad row with file:line and the reason
+
+
+def _nothing_left_out(domain: str, cfg: DataConfig) -> dict[str, int]:
+    return {}
+
+
+@dataclass(frozen=True)
 class SuiteSpec:
     """A multi-domain classification suite.
 
-    `load(domain, split, data_dir)` returns a `datasets.Dataset` with columns
-    text_a, text_b (None for single sentences), label (int), domain (str).
-    `fingerprint(domain, data_dir)` hashes the bytes read for that domain, so that results
-    on other data never mix. `version` changes whenever what `load` returns changes.
+    `load(domain, split, cfg)` returns a `datasets.Dataset` with columns text_a, text_b
+    (None for single sentences), label (int), domain (str); splits train, dev, test.
+    `download(folder)`, where given, writes the suite's files from the hub (`data prepare`).
+    `fingerprint(domain, cfg)` hashes the bytes read for that domain, so that results on
+    other data never mix. `audit(domain, cfg)` counts the rows left out (no gold label,
+    skipped bad rows), stored with each result. `version` changes whenever what `load`
+    returns changes.
     """
 
     name: str
     description: str
     domains: tuple[str, ...]
     labels: tuple[str, ...]
-    load: Callable[[str, str, str], datasets.Dataset]
-    fingerprint: Callable[[str, str], str]
+    load: Callable[[str, str, DataConfig], datasets.Dataset]
+    fingerprint: Callable[[str, DataConfig], str]
+    audit: Callable[[str, DataConfig], dict[str, int]] = _nothing_left_out
     version: str = "1"
+    folder: str = ""  # its folder in the data dir; default: the suite's name
+    download: Callable[[Path], None] | None = None  # fill a folder from the hub, when it can
+
+    def __post_init__(self):
+        if not self.folder:
+            object.__setattr__(self, "folder", self.name)
 
     def check_domains(self, domains: Sequence[str]) -> None:
         for d in domains:
@@ -130,7 +153,8 @@ class Distiller:
 
 @dataclass
 class EvalContext:
-    """What a metric sees after a run: the student, its test predictions, and the suite."""
+    """What a metric sees after a run: the student, its test predictions, the suite, and the
+    teacher's figures measured in the same process (for speed-up and compression)."""
 
     suite: SuiteSpec
     domain: str
@@ -138,6 +162,10 @@ class EvalContext:
     labels: Sequence[int]
     student: Any  # bench.models.Classifier
     extra_modules: Any = None
+    latency: Any = None  # bench.measure.LatencyConfig of the preset
+    teacher_latency: dict[str, Any] | None = None  # the preset teacher's, measured in this process
+    teacher_params: dict[str, int] | None = None
+    cache: dict[str, Any] = field(default_factory=dict)  # measurements metrics share within a run
 
 
 @dataclass(frozen=True)

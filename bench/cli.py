@@ -1,4 +1,4 @@
-"""`python -m bench`: run, ls, report."""
+"""`python -m bench`: run, ls, data, report."""
 
 from __future__ import annotations
 
@@ -20,20 +20,21 @@ def _csv(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"train ratio must be a number in (0, 1], got {text!r}")
+    return value
+
+
 def _seeds(text: str) -> list[int]:
     try:
         return [int(x) for x in _csv(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"seeds must be integers separated by commas, got {text!r}")
-
-
-def resolve_data_dir(given: str | None) -> str:
-    """`--data-dir`, else `$BENCH_DATA_DIR`, else `./data`."""
-    data_dir = given or os.environ.get("BENCH_DATA_DIR") or "data"
-    if not os.path.isdir(data_dir):
-        raise BenchError(f"data dir {data_dir!r} does not exist",
-                         "pass --data-dir DIR or set BENCH_DATA_DIR (this project's machines have ../shared/data)")
-    return data_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,19 +51,46 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=_seeds, default=None, help="default: the preset's (1)")
     run.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR)
     run.add_argument("--data-dir", default=None, help="default: $BENCH_DATA_DIR, else ./data")
+    run.add_argument("--train-ratio", type=_ratio, default=1.0,
+                     help="keep the first R of each domain's training rows (few-shot), e.g. 0.1")
+    run.add_argument("--skip-bad-rows", action="store_true",
+                     help="skip and count malformed rows instead of stopping at the first")
     run.add_argument("--overwrite", action="store_true", help="redo runs whose result exists")
 
     ls = sub.add_parser("ls", help="list what is registered")
     ls.add_argument("what", choices=LISTINGS)
 
-    report = sub.add_parser("report", help="tables from the result store")
+    data = sub.add_parser("data", help="fill the data dir, or count what a suite finds in it")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    prepare = data_sub.add_parser("prepare", help="fill ./data from a local copy or the hub")
+    prepare.add_argument("--from", dest="source", default=None,
+                         help="a folder holding amazon/ and mnli/ (default: ../shared/data when present)")
+    prepare.add_argument("--to", dest="target", default=None, help="default: $BENCH_DATA_DIR, else ./data")
+    prepare.add_argument("--suites", type=_csv, default=None, help="default: all")
+    stats = data_sub.add_parser("stats", help="rows and labels per domain and split")
+    stats.add_argument("--suite", required=True)
+    stats.add_argument("--data-dir", default=None, help="default: $BENCH_DATA_DIR, else ./data")
+    stats.add_argument("--skip-bad-rows", action="store_true")
+
+    report = sub.add_parser("report", help="tables and plots from the result store")
     report.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR)
     report.add_argument("--suite", default=None)
-    report.add_argument("--format", default="md", choices=["md"])
+    report.add_argument("--format", default="md", choices=["md", "latex", "csv", "html"],
+                        help="of the tables printed on stdout (csv: plain numbers, one row per method)")
+    report.add_argument("--metric", default="accuracy", choices=["accuracy", "macro_f1"])
+    report.add_argument("--paper", default=None, metavar="FILE",
+                        help="a CSV of a paper's numbers (columns: method, any domains, avg in percent, "
+                             "params in millions), added as reported rows marked †")
+    report.add_argument("--plots", default=None, metavar="DIR",
+                        help="write <suite>-<preset>-accuracy-latency.png and -domains.png per table")
+    report.add_argument("--write", default=None, metavar="FILE",
+                        help="also write the markdown tables as a page (with links to --plots)")
     return parser
 
 
 def cmd_run(args) -> int:
+    from bench.api import DataConfig
+    from bench.datadir import resolve_data_dir
     from bench.plugins import get_registry
     from bench.presets import DEFAULT_PRESET, get_preset
     from bench.report import build_report
@@ -75,14 +103,15 @@ def cmd_run(args) -> int:
     preset = get_preset(args.preset or DEFAULT_PRESET)
     domains = args.domains or list(suite.domains)
     suite.check_domains(domains)
+    data = DataConfig(resolve_data_dir(args.data_dir), skip_bad_rows=args.skip_bad_rows)
     grid = Grid(suite=suite, preset=preset, methods=methods, domains=domains,
-                seeds=args.seeds or list(preset.seeds), data_dir=resolve_data_dir(args.data_dir),
-                results_dir=args.results_dir, overwrite=args.overwrite)
+                seeds=args.seeds or list(preset.seeds), data=data, results_dir=args.results_dir,
+                train_ratio=args.train_ratio, overwrite=args.overwrite)
     written = Runner(grid, registry).run()
     log.info("%d result file(s) written under %s", len(written), args.results_dir)
     records = [r for r in iter_results(args.results_dir)
                if r["suite"]["name"] == suite.name and r["preset"] == preset.name
-               and r["method"]["name"] in args.methods]
+               and r["suite"]["train_ratio"] == args.train_ratio and r["method"]["name"] in args.methods]
     print(build_report(records, suite.name, {suite.name: suite.domains}, method_order=args.methods))
     return 0
 
@@ -115,13 +144,68 @@ def cmd_ls(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
+def cmd_data(args) -> int:
+    from pathlib import Path
+
+    from bench import datadir
+    from bench.api import DataConfig
     from bench.plugins import get_registry
-    from bench.report import build_report
+    from bench.render import render_rows
+
+    registry = get_registry()
+    if args.data_command == "prepare":
+        suites = [registry.suite(n) for n in args.suites] if args.suites else list(registry.suites.values())
+        target = Path(args.target or os.environ.get("BENCH_DATA_DIR") or datadir.DEFAULT_DATA_DIR)
+        source = Path(args.source) if args.source else datadir.default_source()
+        if source is not None and not source.is_dir():
+            raise BenchError(f"--from {source} is not a folder", "give the folder that holds amazon/ and mnli/")
+        for line in datadir.prepare(suites, target, source):
+            print(line)
+        return 0
+    suite = registry.suite(args.suite)
+    cfg = DataConfig(datadir.resolve_data_dir(args.data_dir), skip_bad_rows=args.skip_bad_rows)
+    print(render_rows(datadir.stats(suite, cfg)))
+    return 0
+
+
+def _report_command(args) -> str:
+    """The command that regenerates a --write page; the page's own path is left out, so a
+    page does not change with its name."""
+    import shlex
+
+    words = ["python", "-m", "bench", "report", "--results-dir", args.results_dir]
+    for flag, value in (("--suite", args.suite), ("--paper", args.paper), ("--plots", args.plots)):
+        if value is not None:
+            words += [flag, value]
+    if args.metric != "accuracy":
+        words += ["--metric", args.metric]
+    return " ".join(map(shlex.quote, words)) + " --write <this file>"
+
+
+def cmd_report(args) -> int:
+    """Tables on stdout in --format; the files written (plots, page) named on stderr, so that
+    stdout stays one clean table or CSV."""
+    from bench.paper import read_paper
+    from bench.plugins import get_registry
+    from bench.render import render_tables, write_page
+    from bench.report import build_tables
     from bench.results import iter_results
 
     orders = {name: s.domains for name, s in get_registry().suites.items()}
-    print(build_report(iter_results(args.results_dir), args.suite, orders, args.format))
+    known = {d for name, domains in orders.items() if args.suite in (None, name) for d in domains}
+    paper = read_paper(args.paper, known) if args.paper else None
+    tables = build_tables(iter_results(args.results_dir), args.suite, orders, paper=paper, metric=args.metric)
+    print(render_tables(tables, args.format), end="")
+    plots = {}
+    if args.plots:
+        from bench.plots import write_plots
+
+        plots = write_plots(tables, args.plots)
+    written = [p for paths in plots.values() for p in paths]
+    if args.write:
+        written.append(write_page(args.write, tables, _report_command(args), plots))
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -133,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no bar per weight file loaded
     try:
-        return {"run": cmd_run, "ls": cmd_ls, "report": cmd_report}[args.command](args)
+        commands = {"run": cmd_run, "ls": cmd_ls, "data": cmd_data, "report": cmd_report}
+        return commands[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

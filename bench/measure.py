@@ -1,8 +1,35 @@
-"""Measurements of a model itself: parameter counts (latency and throughput come later)."""
+"""Measurements of a model itself: parameter counts, latency and throughput.
+
+Latency is measured the way a reviewer would trust: fixed inputs, a fixed CPU thread count,
+warm-up runs first, at least 20 timed repeats, and the median with its interquartile range
+(CUDA timed with events). The teacher is timed in the same process as the student, so a
+speed-up is a ratio of two measurements taken under the same conditions.
+"""
 
 from __future__ import annotations
 
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
 from torch import nn
+
+from bench.api import Batch
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    batch_sizes: tuple[int, ...] = (1, 32)
+    seq_len: int = 128
+    warmup: int = 5
+    repeats: int = 20
+    cpu_threads: int = 1  # fixed, so timings compare across machines and runs; recorded with them
+
+    def __post_init__(self):
+        if self.repeats < 20:
+            raise ValueError("latency needs at least 20 timed repeats for a median and IQR")
 
 
 def count_params(model: nn.Module | None) -> int:
@@ -15,3 +42,58 @@ def param_counts(classifier: nn.Module) -> dict[str, int]:
     total = count_params(classifier)
     embeddings = count_params(getattr(classifier.encoder, "embeddings", None))
     return {"total": total, "non_embedding": total - embeddings}
+
+
+def latency_inputs(batch_size: int, seq_len: int, vocab_size: int, device) -> Batch:
+    """Fixed random word pieces (ids above the special tokens), full attention, one segment."""
+    g = torch.Generator().manual_seed(batch_size * 1000 + seq_len)
+    ids = torch.randint(1000, vocab_size, (batch_size, seq_len), generator=g)
+    zeros = torch.zeros_like(ids)
+    return Batch(ids, torch.ones_like(ids), zeros, zeros[:, 0], zeros[:, 0]).to(device)
+
+
+def _quantiles_ms(seconds: list[float]) -> dict[str, float]:
+    q1, q2, q3 = statistics.quantiles(seconds, n=4, method="inclusive")
+    return {"median_ms": round(q2 * 1e3, 4), "iqr_ms": round((q3 - q1) * 1e3, 4)}
+
+
+def time_forward(model: nn.Module, batch: Batch, warmup: int, repeats: int) -> list[float]:
+    """Seconds per forward pass, `repeats` times after `warmup` untimed passes."""
+    cuda = batch.input_ids.is_cuda
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(batch)
+        for _ in range(repeats):
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                model(batch)
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                model(batch)
+                times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure_latency(model: nn.Module, config: LatencyConfig, device=None) -> dict[str, Any]:
+    """`{device, threads, seq_len, warmup, repeats, batch_<B>: {median_ms, iqr_ms}, ...}`."""
+    device = torch.device(device or next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(config.cpu_threads)
+    try:
+        out: dict[str, Any] = {"device": device.type, "threads": torch.get_num_threads(), **{
+            k: v for k, v in asdict(config).items() if k in ("seq_len", "warmup", "repeats")}}
+        for b in config.batch_sizes:
+            batch = latency_inputs(b, config.seq_len, model.config.vocab_size, device)
+            out[f"batch_{b}"] = _quantiles_ms(time_forward(model, batch, config.warmup, config.repeats))
+    finally:
+        torch.set_num_threads(threads)
+        model.train(was_training)
+    return out

@@ -23,10 +23,13 @@ ENTRY_POINT_GROUP = "bench"
 
 DEFAULT_PLUGINS = (
     "bench_plugins.suites.amazon",
+    "bench_plugins.suites.mnli",
     "bench_plugins.distillers.finetune",
     "bench_plugins.distillers.kd",
     "bench_plugins.metrics.accuracy",
+    "bench_plugins.metrics.f1",
     "bench_plugins.metrics.params",
+    "bench_plugins.metrics.latency",
     "bench.models",  # the built-in model sources: random:, pkg:, hf:, path:
 )
 
@@ -60,7 +63,7 @@ def make_plugin_manager(load_entry_points: bool | None = None) -> pluggy.PluginM
                 except Exception as exc:  # a broken third-party plugin names itself
                     raise BenchError(
                         f"plugin {ep.name!r} ({ep.value}) failed to import: {exc}",
-                        f"fix or uninstall it, or leave it out with BENCH_LOAD_PLUGINS",
+                        "fix or uninstall it, or leave it out with BENCH_LOAD_PLUGINS",
                     ) from exc
                 pm.register(plugin, name=ep.name)
     pm.check_pending()

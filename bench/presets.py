@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from bench.errors import unknown_name
+from bench.measure import LatencyConfig
 from bench.models import ModelSpec
 from bench.train import TrainConfig
 
@@ -23,6 +24,7 @@ class Preset:
     max_test_rows: int | None = None  # None everywhere but smoke: test sets stay whole
     seeds: tuple[int, ...] = (1,)
     teacher_seed: int = 42  # one teacher per domain, shared by every student seed
+    latency: LatencyConfig = LatencyConfig()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +56,7 @@ _add(Preset(
     max_train_rows=48,
     max_dev_rows=16,
     max_test_rows=16,
+    latency=LatencyConfig(batch_sizes=(1, 8), seq_len=32, warmup=2, repeats=20),
 ))
 
 _add(Preset(

@@ -1,21 +1,36 @@
 """Tables built from the result store only (never from live objects).
 
-One table per (suite, preset): a row per method (teacher first), a column per domain, the
-average over domains, and the student's parameters. Accuracy is in percent, the mean over
-seeds, with the standard deviation when there are several.
+One table per (suite, train ratio, preset): a row per method (the teacher first, then the
+measured methods, then any rows a paper reports), a column per domain, the average over
+domains, the seeds, the parameters, the batch-1 latency and the speed-up over the teacher.
+Scores are in percent: the mean over seeds, with the sample standard deviation when there
+are several. bench/render.py renders them; bench/paper.py reads rows a paper reports.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
 
 from bench.errors import BenchError
 
+log = logging.getLogger(__name__)
+
 TEACHER_ROW = "teacher"
+FORMATS = ("md", "latex", "csv", "html")
+METRICS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}  # result key -> label in titles
+REPORTED_NOTE = "† reported in the paper, not measured here"
+
+STUDENT_LATENCY = "metrics.latency.batch_1.median_ms"
+TEACHER_LATENCY = "teacher.latency.batch_1.median_ms"
+SPEEDUP = "metrics.speedup.batch_1"
+TIMING_FIELDS = ("device", "threads", "seq_len")
 
 
 def to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -28,76 +43,103 @@ def to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.json_normalize(slim)
 
 
-def _cell(values: Sequence[float]) -> str:
-    vals = [v * 100 for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return "-"
-    mean = sum(vals) / len(vals)
-    if len(vals) == 1:
-        return f"{mean:.1f}"
-    std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
-    return f"{mean:.1f} ± {std:.1f}"
+@dataclass(frozen=True)
+class Stat:
+    """A score in percent: the mean over seeds and the sample std (None for one value)."""
+
+    mean: float
+    std: float | None = None
+
+    @classmethod
+    def of(cls, fractions: Iterable[float]) -> Stat | None:
+        """From scores in 0..1, skipping missing ones; None when none is left."""
+        vals = [float(v) * 100 for v in fractions if v is not None and not math.isnan(v)]
+        if not vals:
+            return None
+        mean = sum(vals) / len(vals)
+        if len(vals) == 1:
+            return cls(mean)
+        return cls(mean, (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5)
 
 
-def _millions(n: float | None) -> str:
-    return "-" if n is None or (isinstance(n, float) and math.isnan(n)) else f"{n / 1e6:.1f}M"
+@dataclass
+class Row:
+    """One line of a table. `scores` holds the domains and "avg"; params are counts."""
+
+    method: str
+    source: str = "measured"  # or "reported": copied from a paper, not run here
+    is_teacher: bool = False
+    scores: dict[str, Stat | None] = field(default_factory=dict)
+    seeds: int | None = None
+    params: float | None = None
+    non_embedding: float | None = None
+    latency_ms: float | None = None  # median batch-1 forward time
+    speedup: float | None = None  # teacher median / student median, batch 1
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}†" if self.source == "reported" else self.method
+
+    @property
+    def ranked(self) -> bool:
+        """Only measured students compete for "best": the teacher is the reference, and a
+        paper's numbers come from another protocol."""
+        return not self.is_teacher and self.source == "measured"
 
 
-def accuracy_table(df: pd.DataFrame, domains: Sequence[str],
-                   method_order: Sequence[str] | None = None) -> pd.DataFrame:
-    """The table of one (suite, preset): methods x domains, average, seeds and parameters.
-    Rows: the teacher, then `method_order`, then any other method alphabetically.
-
-    A method's average is taken per seed over all domains, then its mean (± std) over seeds;
-    a method that lacks a domain has no average.
-    """
-    rows = []
-    teachers = df.dropna(subset=["teacher.key"]) if "teacher.key" in df else df.iloc[0:0]
-    teachers = teachers.drop_duplicates("teacher.key")
-    if len(teachers):
-        per_domain = {d: teachers.loc[teachers["suite.domain"] == d, "teacher.test_accuracy"].tolist()
-                      for d in domains}
-        complete = all(len(v) == 1 for v in per_domain.values())
-        average = [sum(v[0] for v in per_domain.values()) / len(domains)] if complete else []
-        rows.append(_row(TEACHER_ROW, per_domain, average, None, teachers, "teacher.params"))
-    methods = list(method_order or [])
-    methods = [m for m in methods if m in set(df["method.name"])] + sorted(set(df["method.name"]) - set(methods))
-    for method in methods:
-        sub = df[df["method.name"] == method]
-        per_domain = {d: sub.loc[sub["suite.domain"] == d, "metrics.accuracy"].tolist() for d in domains}
-        pivot = sub.pivot_table(index="seed", columns="suite.domain", values="metrics.accuracy")
-        average = pivot.reindex(columns=list(domains)).dropna().mean(axis=1).tolist()
-        seeds = int(sub.groupby("suite.domain")["seed"].nunique().min())
-        rows.append(_row(method, per_domain, average, seeds, sub, "metrics.params"))
-    return pd.DataFrame(rows)
+@dataclass(frozen=True)
+class Column:
+    key: str  # a key of Row.scores (kind "score") or a Row attribute
+    header: str
+    kind: str  # score, count, params, ms, ratio
+    best: str | None = None  # "max", "min", or None: not ranked
 
 
-def _row(name: str, per_domain: dict[str, list[float]], average: list[float], seeds: int | None,
-         df: pd.DataFrame, params_prefix: str) -> dict[str, Any]:
-    def largest(column: str) -> float | None:
-        return df[column].max() if column in df else None
+@dataclass
+class Table:
+    suite: str
+    train_ratio: float
+    preset: str
+    metric: str
+    domains: list[str]
+    rows: list[Row]
+    timing: str | None = None  # the conditions latency was measured under, for the note
 
-    return {
-        "method": name,
-        **{d: _cell(v) for d, v in per_domain.items()},
-        "avg": _cell(average),
-        "seeds": "-" if seeds is None else str(seeds),
-        "params": _millions(largest(f"{params_prefix}.total")),
-        "non-emb params": _millions(largest(f"{params_prefix}.non_embedding")),
-    }
+    @property
+    def name(self) -> str:
+        few_shot = f", {self.train_ratio:g} of train" if self.train_ratio != 1.0 else ""
+        return f"{self.suite} ({self.preset} preset{few_shot})"
+
+    @property
+    def title(self) -> str:
+        return f"{self.name}: test {METRICS[self.metric]} (%)"
+
+    @property
+    def slug(self) -> str:
+        """For file names; few-shot tables as `<suite>-r<ratio>`, as in the store."""
+        suite = self.suite if self.train_ratio == 1.0 else f"{self.suite}-r{self.train_ratio:g}"
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{suite}-{self.preset}")
+
+    @property
+    def columns(self) -> list[Column]:
+        return [*(Column(d, d, "score", "max") for d in self.domains),
+                Column("avg", "avg", "score", "max"),
+                Column("seeds", "seeds", "count"),
+                Column("params", "params", "params", "min"),
+                Column("non_embedding", "non-emb params", "params", "min"),
+                Column("latency_ms", "latency (ms)", "ms", "min"),
+                Column("speedup", "speed-up", "ratio", "max")]
 
 
-def render(table: pd.DataFrame, fmt: str = "md") -> str:
-    from tabulate import tabulate
+# --- building tables from records ---------------------------------------------------------
 
-    formats = {"md": "github"}
-    if fmt not in formats:
-        raise BenchError(f"unknown report format {fmt!r}", f"use one of: {', '.join(formats)}")
-    return tabulate(table, headers="keys", tablefmt=formats[fmt], showindex=False, disable_numparse=True)
-
-
-def build_report(records: Iterable[dict[str, Any]], suite: str | None, domain_orders: dict[str, Sequence[str]],
-                 fmt: str = "md", method_order: Sequence[str] | None = None) -> str:
+def build_tables(records: Iterable[dict[str, Any]], suite: str | None, domain_orders: Mapping[str, Sequence[str]],
+                 method_order: Sequence[str] | None = None, *, paper: Sequence[Row] | None = None,
+                 metric: str = "accuracy") -> list[Table]:
+    """One Table per (suite, train ratio, preset) in the records, in sorted order; `paper`
+    rows (see `read_paper`) are appended to each table."""
+    if metric not in METRICS:
+        raise BenchError(f"unknown report metric {metric!r}", f"use one of: {', '.join(METRICS)}")
     df = to_frame(records)
     if df.empty:
         raise BenchError("the results dir holds no results", "run `python -m bench run ...` first")
@@ -105,11 +147,112 @@ def build_report(records: Iterable[dict[str, Any]], suite: str | None, domain_or
         df = df[df["suite.name"] == suite]
         if df.empty:
             raise BenchError(f"no results for suite {suite!r}", "check --suite, or run that suite first")
-    parts = []
-    for (suite_name, preset), sub in df.groupby(["suite.name", "preset"], sort=True):
-        domains = list(domain_orders.get(suite_name) or [])
-        domains = [d for d in domains if d in set(sub["suite.domain"])] + sorted(
-            set(sub["suite.domain"]) - set(domains))
-        table = accuracy_table(sub, domains, method_order)
-        parts.append(f"### {suite_name} ({preset} preset): test accuracy (%)\n\n{render(table, fmt)}\n")
-    return "\n".join(parts)
+    df = _with_columns(df, metric)
+    tables = []
+    for (suite_name, ratio, preset), sub in df.groupby(["suite.name", "suite.train_ratio", "preset"], sort=True):
+        domains = [d for d in domain_orders.get(suite_name) or [] if d in set(sub["suite.domain"])]
+        domains += sorted(set(sub["suite.domain"]) - set(domains))
+        reported = [replace(r, scores=dict(r.scores)) for r in paper or []]
+        rows = _measured_rows(sub, domains, metric, method_order) + reported
+        timing = _timing(sub, f"{suite_name}/{preset}")
+        tables.append(Table(suite_name, float(ratio), preset, metric, domains, rows, timing))
+    if paper:
+        _warn_unused_paper_columns(paper, tables)
+    return tables
+
+
+def _with_columns(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Older records lack the newer fields: give them empty columns, so they render as "-"."""
+    needed = [f"metrics.{metric}", f"teacher.test_{metric}", "teacher.key", STUDENT_LATENCY, TEACHER_LATENCY,
+              SPEEDUP, *(f"{p}.params.{k}" for p in ("metrics", "teacher") for k in ("total", "non_embedding")),
+              *(f"{p}.latency.{k}" for p in ("metrics", "teacher") for k in TIMING_FIELDS)]
+    missing = {c: float("nan") for c in needed if c not in df}
+    return df.assign(**missing) if missing else df
+
+
+def _measured_rows(df: pd.DataFrame, domains: list[str], metric: str,
+                   method_order: Sequence[str] | None) -> list[Row]:
+    """The teacher, then `method_order`, then any other method alphabetically."""
+    rows = [r for r in [_teacher_row(df, domains, metric)] if r is not None]
+    present = set(df["method.name"])
+    methods = [m for m in method_order or [] if m in present] + sorted(present - set(method_order or []))
+    return rows + [_method_row(m, df[df["method.name"] == m], domains, metric) for m in methods]
+
+
+def _teacher_row(df: pd.DataFrame, domains: list[str], metric: str) -> Row | None:
+    teachers = df.dropna(subset=["teacher.key"]).drop_duplicates("teacher.key")
+    if teachers.empty:
+        return None
+    column = f"teacher.test_{metric}"
+    per_domain = {d: teachers.loc[teachers["suite.domain"] == d, column].dropna().tolist() for d in domains}
+    complete = all(len(v) == 1 for v in per_domain.values())
+    average = [sum(v[0] for v in per_domain.values()) / len(domains)] if complete else []
+    # every run timed the teacher again, in its own process: take the median of all of them
+    latency = _median(df, TEACHER_LATENCY)
+    return Row(TEACHER_ROW, is_teacher=True,
+               scores={**{d: Stat.of(v) for d, v in per_domain.items()}, "avg": Stat.of(average)},
+               params=_largest(teachers, "teacher.params.total"),
+               non_embedding=_largest(teachers, "teacher.params.non_embedding"),
+               latency_ms=latency, speedup=None if latency is None else 1.0)
+
+
+def _method_row(method: str, df: pd.DataFrame, domains: list[str], metric: str) -> Row:
+    """A method's average is taken per seed over all domains, then its mean (± std) over
+    seeds; a method that lacks a domain has no average."""
+    column = f"metrics.{metric}"
+    pivot = df.pivot_table(index="seed", columns="suite.domain", values=column)
+    average = pivot.reindex(columns=list(domains)).dropna().mean(axis=1).tolist()
+    return Row(method,
+               scores={**{d: Stat.of(df.loc[df["suite.domain"] == d, column]) for d in domains},
+                       "avg": Stat.of(average)},
+               seeds=int(df.groupby("suite.domain")["seed"].nunique().min()),
+               params=_largest(df, "metrics.params.total"),
+               non_embedding=_largest(df, "metrics.params.non_embedding"),
+               # speed-up is the median of per-run ratios, each timed in one process, not the
+               # ratio of two medians that may come from differently loaded moments
+               latency_ms=_median(df, STUDENT_LATENCY), speedup=_median(df, SPEEDUP))
+
+
+def _largest(df: pd.DataFrame, column: str) -> float | None:
+    value = df[column].max()
+    return None if pd.isna(value) else float(value)
+
+
+def _median(df: pd.DataFrame, column: str) -> float | None:
+    values = df[column].dropna()
+    return float(values.median()) if len(values) else None
+
+
+def _timing(df: pd.DataFrame, table: str) -> str | None:
+    """The conditions of every latency in the table, e.g. `cpu, 2 threads, sequence length 128`."""
+    seen = set()
+    for prefix in ("metrics.latency", "teacher.latency"):
+        cols = [f"{prefix}.{k}" for k in TIMING_FIELDS]
+        for device, threads, seq_len in df[cols].dropna().itertuples(index=False):
+            seen.add((str(device), int(threads), int(seq_len)))
+    if not seen:
+        return None
+    described = "; ".join(f"{d}, {t} threads, sequence length {n}" for d, t, n in sorted(seen))
+    if len(seen) > 1:
+        log.warning("%s: latencies were measured under different conditions (%s); compare them with care",
+                    table, described)
+        return f"mixed: {described}"
+    return described
+
+
+def _warn_unused_paper_columns(paper: Sequence[Row], tables: Sequence[Table]) -> None:
+    known = {"avg"} | {d for t in tables for d in t.domains}
+    unused = sorted({k for r in paper for k in r.scores} - known)
+    if unused:
+        log.warning("paper columns %s match no measured domain; they are left out", ", ".join(unused))
+
+
+def build_report(records: Iterable[dict[str, Any]], suite: str | None, domain_orders: Mapping[str, Sequence[str]],
+                 fmt: str = "md", method_order: Sequence[str] | None = None, *,
+                 paper: Sequence[Row] | None = None, metric: str = "accuracy") -> str:
+    """The tables of the records (all suites, or `suite`'s) rendered in `fmt`."""
+    from bench.render import check_format, render_tables
+
+    check_format(fmt)
+    tables = build_tables(records, suite, domain_orders, method_order, paper=paper, metric=metric)
+    return render_tables(tables, fmt)

@@ -7,7 +7,8 @@ Schema (version 1). Keys every tool may rely on, as dotted paths: `seed`, `prese
 - schema_version, bench_version, plugin_versions, git {commit, dirty}, created (UTC, ISO 8601)
 - seed, preset
 - machine {platform, python, cpu, threads, gpu, torch, transformers, world_size, ...}
-- suite {name, version, domain, train_ratio, sizes {train, dev, test}, fingerprint}
+- suite {name, version, domain, train_ratio, sizes {train, dev, test}, fingerprint,
+  left_out {dropped_no_consensus, skipped_bad_rows, ...}}
 - method {name, plugin, config}
 - teacher {ref, key, dev_accuracy, test_accuracy} or null when the method has none
 - student {ref, init, layers}
@@ -50,9 +51,12 @@ class RunKey:
     method: str
     domain: str
     seed: int
+    train_ratio: float = 1.0
 
     def path(self, root: str | os.PathLike) -> Path:
-        return Path(root) / self.suite / self.preset / self.method / self.domain / f"seed{self.seed}.json"
+        """`<suite>/<preset>/<method>/<domain>/seed<N>.json`; few-shot runs under `<suite>-r<ratio>`."""
+        suite = self.suite if self.train_ratio == 1.0 else f"{self.suite}-r{self.train_ratio:g}"
+        return Path(root) / suite / self.preset / self.method / self.domain / f"seed{self.seed}.json"
 
 
 def write_result(path: Path, record: dict[str, Any]) -> None:

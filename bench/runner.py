@@ -18,14 +18,14 @@ from typing import Any
 import torch
 
 from bench import __version__
-from bench.api import Distiller, EvalContext, SuiteSpec
+from bench.api import DataConfig, Distiller, EvalContext, SuiteSpec
 from bench.data import make_loader, tokenize
 from bench.errors import BenchError
-from bench.measure import param_counts
+from bench.measure import measure_latency, param_counts
 from bench.models import build_classifier, load_tokenizer
 from bench.plugins import Registry, plugin_version
 from bench.presets import Preset
-from bench.results import RunKey, git_state, machine_info, now_utc, write_result
+from bench.results import SCHEMA_VERSION, RunKey, git_state, machine_info, now_utc, write_result
 from bench.teachers import StoredTeacher, TeacherStore, get_or_train_teacher
 from bench.train import FitResult, TrainConfig, accuracy, fit, make_accelerator, predict
 
@@ -39,12 +39,16 @@ class Grid:
     methods: list[type[Distiller]]
     domains: Sequence[str]
     seeds: Sequence[int]
-    data_dir: str
+    data: DataConfig
     results_dir: str
+    train_ratio: float = 1.0  # keep the first R of each domain's training rows (few-shot)
     overwrite: bool = False
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
+        if not 0.0 < self.train_ratio <= 1.0:
+            raise BenchError(f"train ratio {self.train_ratio} is not in (0, 1]",
+                             "give the fraction of each domain's training rows to keep, e.g. 0.1")
         for m in self.methods:
             if m.teacher_kind not in (None, "single") or m.student_kind != "single":
                 raise BenchError(
@@ -53,7 +57,7 @@ class Grid:
                     "run it with a kd-bench that supports multi-domain teachers and students")
 
     def keys(self) -> list[tuple[RunKey, type[Distiller]]]:
-        return [(RunKey(self.suite.name, self.preset.name, m.name, d, s), m)
+        return [(RunKey(self.suite.name, self.preset.name, m.name, d, s, self.train_ratio), m)
                 for d in self.domains for m in self.methods for s in self.seeds]
 
 
@@ -76,23 +80,33 @@ class DomainData:
 
     sizes: dict[str, int]
     fingerprint: str
+    left_out: dict[str, int]
     tokenized: dict[str, Any]
     pad_token_id: int
 
 
-def load_domain(suite: SuiteSpec, domain: str, preset: Preset, data_dir: str, tokenizer) -> DomainData:
+def load_domain(suite: SuiteSpec, domain: str, preset: Preset, data: DataConfig, train_ratio: float,
+                tokenizer) -> DomainData:
+    """The splits of one domain: the first `train_ratio` of train (the few-shot protocol takes
+    the first rows), then the preset's row caps."""
     limits = {"train": preset.max_train_rows, "dev": preset.max_dev_rows, "test": preset.max_test_rows}
     tokenized, sizes = {}, {}
     for split, limit in limits.items():
-        ds = suite.load(domain, split, data_dir)
-        if limit is not None and len(ds) > limit:
-            ds = ds.select(range(limit))  # the first N rows, as the few-shot protocol takes them
+        ds = suite.load(domain, split, data)
+        keep = len(ds)
+        if split == "train" and train_ratio < 1.0:
+            keep = max(1, int(train_ratio * keep))
+        if limit is not None:
+            keep = min(keep, limit)
+        if keep < len(ds):
+            ds = ds.select(range(keep))
         if len(ds) == 0:
-            raise BenchError(f"{suite.name}/{domain} has no {split} rows in {data_dir}",
+            raise BenchError(f"{suite.name}/{domain} has no {split} rows in {data.data_dir}",
                              "check the data dir, or use another preset")
         sizes[split] = len(ds)
         tokenized[split] = tokenize(ds, tokenizer, preset.max_len, suite.domains)
-    return DomainData(sizes, suite.fingerprint(domain, data_dir), tokenized, tokenizer.pad_token_id)
+    return DomainData(sizes, suite.fingerprint(domain, data), suite.audit(domain, data), tokenized,
+                      tokenizer.pad_token_id)
 
 
 def check_same_vocab(teacher_tok, student_tok, preset: Preset) -> None:
@@ -109,6 +123,7 @@ class Runner:
         self.accelerator = make_accelerator()
         self.store = TeacherStore()
         self.machine = machine_info(registry.pm, world_size=self.accelerator.num_processes)
+        self._teacher_timing: dict[str, Any] | None = None
 
     def pending(self) -> list[tuple[RunKey, type[Distiller]]]:
         out = []
@@ -133,7 +148,7 @@ class Runner:
             runs = [(k, m) for k, m in todo if k.domain == domain]
             if not runs:
                 continue
-            data = load_domain(g.suite, domain, g.preset, g.data_dir, tokenizer)
+            data = load_domain(g.suite, domain, g.preset, g.data, g.train_ratio, tokenizer)
             teacher = None
             for key, method in runs:
                 if method.teacher_kind and teacher is None:
@@ -156,6 +171,7 @@ class Runner:
             "suite_version": g.suite.version,
             "domain": domain,
             "data_fingerprint": data.fingerprint,
+            "train_ratio": g.train_ratio,  # few-shot teachers see only the few-shot rows
             "sizes": data.sizes,
             "max_len": p.max_len,
             "kind": "single",
@@ -174,6 +190,18 @@ class Runner:
         stored = get_or_train_teacher(identity, len(g.suite.labels), train, self.store)
         stored.model.to(self.accelerator.device).eval()
         return stored
+
+    def teacher_timing(self, teacher: StoredTeacher | None) -> dict[str, Any]:
+        """The preset teacher's latency and parameters, measured once in this process (timing
+        depends on the architecture only, so runs without a teacher get it too)."""
+        if self._teacher_timing is None:
+            p = self.grid.preset
+            model = teacher.model if teacher is not None else build_classifier(
+                p.teacher, len(self.grid.suite.labels)).to(self.accelerator.device)
+            self._teacher_timing = {"latency": measure_latency(model, p.latency), "params": param_counts(model)}
+            log.info("teacher %s: batch-1 latency %.2f ms", p.teacher.ref,
+                     self._teacher_timing["latency"][f"batch_{p.latency.batch_sizes[0]}"]["median_ms"])
+        return self._teacher_timing
 
     # -- one run ------------------------------------------------------------------------
     def train_and_test(self, model, compute_loss, data: DomainData, config: TrainConfig, seed: int,
@@ -226,7 +254,9 @@ class Runner:
         preds, golds = stages[-1].test_preds, stages[-1].test_golds
 
         eval_start = time.perf_counter()
-        ctx = EvalContext(g.suite, key.domain, preds, golds, student, extra)
+        timing = self.teacher_timing(teacher)
+        ctx = EvalContext(g.suite, key.domain, preds, golds, student, extra, latency=p.latency,
+                          teacher_latency=timing["latency"], teacher_params=timing["params"])
         metrics = {name: spec.compute(ctx) for name, spec in self.registry.metrics.items() if spec.default}
         eval_seconds = time.perf_counter() - eval_start
 
@@ -235,7 +265,7 @@ class Runner:
         wall = sum(f.wall_seconds for f in fits)
         plugin = self.registry.owner("distiller", method.name)
         return {
-            "schema_version": 1,
+            "schema_version": SCHEMA_VERSION,
             "bench_version": __version__,
             "plugin_versions": {plugin: plugin_version(plugin)},
             "git": git_state(),
@@ -244,11 +274,13 @@ class Runner:
             "preset": p.name,
             "machine": self.machine,
             "suite": {"name": g.suite.name, "version": g.suite.version, "domain": key.domain,
-                      "train_ratio": 1.0, "sizes": data.sizes, "fingerprint": data.fingerprint},
+                      "train_ratio": g.train_ratio, "sizes": data.sizes, "fingerprint": data.fingerprint,
+                      "left_out": data.left_out},
             "method": {"name": method.name, "plugin": plugin,
                        "config": _jsonable(vars(distiller.options))},
             "teacher": None if teacher is None else {
-                "ref": p.teacher.ref, "key": teacher.key, "params": param_counts(teacher.model),
+                "ref": p.teacher.ref, "key": teacher.key, "params": timing["params"],
+                "latency": timing["latency"],
                 "dev_accuracy": teacher.info.get("dev_accuracy"),
                 "test_accuracy": teacher.info.get("test_accuracy")},
             "student": {"ref": p.student.ref, "init": p.student.init,

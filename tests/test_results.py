@@ -3,8 +3,8 @@ import json
 import pytest
 
 from bench.errors import BenchError
-from bench.report import build_report, to_frame
-from bench.results import SCHEMA_VERSION, RunKey, iter_results, read_result, write_result
+from bench.report import to_frame
+from bench.results import SCHEMA_VERSION, RunKey, read_result, write_result
 
 
 def record(method="kd", domain="books", seed=1, acc=0.8, teacher_acc=0.9, preset="smoke"):
@@ -58,33 +58,3 @@ def test_the_stable_keys_are_dotted_columns():
     for column in ("seed", "preset", "method.name", "suite.name", "suite.domain", "suite.train_ratio",
                    "teacher.ref", "teacher.key", "machine.world_size"):
         assert column in df.columns
-
-
-def parse_markdown(text):
-    lines = [l for l in text.splitlines() if l.startswith("|")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    return [dict(zip(header, (c.strip() for c in l.strip("|").split("|")))) for l in lines[2:]]
-
-
-def test_report_rows_columns_and_means(tmp_path):
-    domains = ["books", "dvd"]
-    for seed, accs in ((1, (0.80, 0.70)), (2, (0.90, 0.60))):
-        for d, a in zip(domains, accs):
-            write_result(RunKey("amazon", "smoke", "kd", d, seed).path(tmp_path), record("kd", d, seed, a))
-    for d, a in zip(domains, (0.5, 0.75)):
-        write_result(RunKey("amazon", "smoke", "finetune", d, 1).path(tmp_path), record("finetune", d, 1, a))
-    text = build_report(iter_results(tmp_path), None, {"amazon": ("books", "dvd", "electronics")})
-    rows = {r["method"]: r for r in parse_markdown(text)}
-    assert list(rows) == ["teacher", "finetune", "kd"]
-    assert rows["kd"]["books"] == "85.0 ± 7.1"  # mean and sample std of 80 and 90
-    assert rows["kd"]["avg"] == "75.0 ± 0.0"  # seed averages: (80+70)/2 = (90+60)/2 = 75
-    assert rows["kd"]["seeds"] == "2"
-    assert rows["finetune"]["avg"] == "62.5"
-    assert rows["teacher"]["books"] == "90.0" and rows["teacher"]["avg"] == "90.0"
-    assert rows["kd"]["params"] == "2.0M" and rows["kd"]["non-emb params"] == "0.5M"
-    assert "electronics" not in rows["kd"]  # only domains with results become columns
-
-
-def test_report_of_an_empty_dir_says_what_to_do(tmp_path):
-    with pytest.raises(BenchError, match="holds no results"):
-        build_report(iter_results(tmp_path), None, {})

@@ -19,9 +19,10 @@ import hashlib
 import html
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench.api import SuiteSpec
+from bench.api import DataConfig, SuiteSpec
 from bench.errors import BenchError
 from bench.hookspecs import hookimpl
 
@@ -69,63 +70,102 @@ def review_files(data_dir: str | os.PathLike, domain: str) -> list[Path]:
     return files
 
 
-def parse_reviews(path: Path) -> list[str]:
-    """The review texts of one `.review` file, in file order."""
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise BenchError(f"{path}:{line}: bytes that are not UTF-8 at offset {exc.start}",
-                         "re-encode the file as UTF-8") from None
-    reviews: list[str] = []
+@dataclass
+class Parsed:
+    reviews: list[str]
+    skipped: int = 0  # reviews left out with --skip-bad-rows
+
+
+def parse_reviews(path: Path, skip_bad_rows: bool = False) -> Parsed:
+    """The review texts of one `.review` file, in file order.
+
+    A bad review (empty text, bytes that are not UTF-8) stops the read with `file:line` and
+    the reason, or with `skip_bad_rows` is left out and counted. A BOM and CRLF are fine.
+    """
+    out = Parsed([])
+
+    def bad(lineno: int, reason: str) -> None:
+        if not skip_bad_rows:
+            raise BenchError(f"{path}:{lineno}: {reason}",
+                             "fix the review, or pass --skip-bad-rows to skip and count such reviews")
+        out.skipped += 1
+
     parts: list[str] | None = None
+    broken: str | None = None  # why the review being read is bad
     opened = 0
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        tag = line.strip()
-        if tag == "<review>":
-            opened += 1
-        elif tag == "<review_text>":
-            parts = []
-        elif tag == "</review_text>":
-            if parts is None:
-                raise BenchError(f"{path}:{lineno}: </review_text> without <review_text>",
-                                 "the file is not in the sorted_data_acl format")
-            review = html.unescape(" ".join(parts)).strip()
-            if not review:
-                raise BenchError(f"{path}:{lineno}: empty <review_text>",
-                                 "remove the review or give it text")
-            reviews.append(review)
-            parts = None
-        elif parts is not None and tag:
-            parts.append(tag)
+    offset = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                line = raw.decode("utf-8", errors="replace")
+                broken = broken or f"bytes that are not UTF-8 at byte {offset + exc.start} of the file"
+                if parts is None:  # outside a review text: nothing to skip, so it is an error
+                    bad(lineno, broken)
+                    broken = None
+            offset += len(raw)
+            tag = line.strip()
+            if tag == "<review>":
+                opened += 1
+            elif tag == "<review_text>":
+                parts, broken = [], None
+            elif tag == "</review_text>":
+                if parts is None:
+                    raise BenchError(f"{path}:{lineno}: </review_text> without <review_text>",
+                                     "the file is not in the sorted_data_acl format")
+                review = html.unescape(" ".join(parts)).strip()
+                if broken or not review:
+                    bad(lineno, broken or "empty <review_text>")
+                else:
+                    out.reviews.append(review)
+                parts = None
+            elif parts is not None and tag:
+                parts.append(tag)
     if parts is not None:
         raise BenchError(f"{path}: unterminated <review_text> at end of file",
                          "the file is truncated; copy it again")
-    if opened != len(reviews):
-        raise BenchError(f"{path}: {opened} <review> blocks but {len(reviews)} review texts",
+    if opened != len(out.reviews) + out.skipped:
+        raise BenchError(f"{path}: {opened} <review> blocks but {len(out.reviews) + out.skipped} review texts",
                          "every <review> needs a <review_text>")
-    return reviews
+    return out
+
+
+@dataclass(frozen=True)
+class DomainRows:
+    rows: tuple[tuple[str, int], ...]  # (text, label), shuffled
+    skipped: int
 
 
 @functools.lru_cache(maxsize=8)
-def _domain_rows(folder: str, domain: str, stamp: tuple) -> tuple[tuple[str, int], ...]:
-    rows = [(text, label) for label, name in enumerate(LABELS)
-            for text in parse_reviews(Path(folder) / f"{name}.review")]
+def _domain_rows(folder: str, domain: str, skip_bad_rows: bool, stamp: tuple) -> DomainRows:
+    rows, skipped = [], 0
+    for label, name in enumerate(LABELS):
+        parsed = parse_reviews(Path(folder) / f"{name}.review", skip_bad_rows)
+        rows += [(text, label) for text in parsed.reviews]
+        skipped += parsed.skipped
     random.Random(SHUFFLE_SEED).shuffle(rows)
-    want = sum(SPLIT_SIZES[domain])
-    if len(rows) != want:
-        raise BenchError(f"Amazon domain {domain!r} in {folder} has {len(rows)} reviews, expected {want}",
-                         "use the complete sorted_data_acl files (1000 reviews each)")
-    return tuple(rows)
+    n_train, n_dev, n_test = SPLIT_SIZES[domain]
+    if len(rows) + skipped != n_train + n_dev + n_test or len(rows) <= n_train + n_dev:
+        raise BenchError(
+            f"Amazon domain {domain!r} in {folder} has {len(rows) + skipped} reviews"
+            f"{f' ({skipped} skipped)' if skipped else ''}, expected {n_train + n_dev + n_test}",
+            "use the complete sorted_data_acl files (1000 reviews each)")
+    return DomainRows(tuple(rows), skipped)
 
 
-def load(domain: str, split: str, data_dir: str):
+def domain_rows(domain: str, cfg: DataConfig) -> DomainRows:
+    files = review_files(cfg.data_dir, domain)
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _domain_rows(str(files[0].parent), domain, cfg.skip_bad_rows, stamp)
+
+
+def load(domain: str, split: str, cfg: DataConfig):
+    """The HRKD split: train and dev of fixed sizes, the rest test (smaller only when
+    reviews were skipped)."""
     import datasets
 
-    files = review_files(data_dir, domain)
-    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-    rows = _domain_rows(str(files[0].parent), domain, stamp)
+    rows = domain_rows(domain, cfg).rows
     n_train, n_dev, _ = SPLIT_SIZES[domain]
     bounds = {"train": (0, n_train), "dev": (n_train, n_train + n_dev), "test": (n_train + n_dev, len(rows))}
     lo, hi = bounds[split]
@@ -138,9 +178,13 @@ def load(domain: str, split: str, data_dir: str):
     })
 
 
-def fingerprint(domain: str, data_dir: str) -> str:
+def audit(domain: str, cfg: DataConfig) -> dict[str, int]:
+    return {"skipped_bad_rows": domain_rows(domain, cfg).skipped}
+
+
+def fingerprint(domain: str, cfg: DataConfig) -> str:
     h = hashlib.sha256()
-    for f in review_files(data_dir, domain):
+    for f in review_files(cfg.data_dir, domain):
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
@@ -152,6 +196,7 @@ SUITE = SuiteSpec(
     labels=LABELS,
     load=load,
     fingerprint=fingerprint,
+    audit=audit,
     version=VERSION,
 )
 

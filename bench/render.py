@@ -1,0 +1,233 @@
+"""Rendering report tables: markdown, LaTeX (booktabs), HTML, CSV (plain numbers, for
+machines), and the generated results page (regenerated, never edited by hand)."""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.report import FORMATS, METRICS, REPORTED_NOTE, Column, Row, Table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Markup:
+    bold: Callable[[str], str]
+    escape: Callable[[str], str]
+
+
+_LATEX = str.maketrans({
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "±": r"$\pm$", "×": r"$\times$", "†": r"\textsuperscript{\dag}",
+})
+
+MARKUP = {
+    "md": Markup(lambda s: f"**{s}**", lambda s: s.replace("|", r"\|")),
+    "latex": Markup(lambda s: rf"\textbf{{{s}}}", lambda s: s.translate(_LATEX)),
+    "html": Markup(lambda s: f"<b>{s}</b>", lambda s: html.escape(s, quote=False)),
+}
+
+
+def _number(column: Column, value: Any) -> str:
+    """The number a cell prints, at the precision it prints it: what "best" compares."""
+    if column.kind == "score":
+        return f"{value.mean:.1f}"
+    if column.kind == "params":
+        return f"{value / 1e6:.1f}"
+    if column.kind == "ms":
+        return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+    if column.kind == "ratio":
+        return f"{value:.1f}"
+    return str(value)
+
+
+def _parts(column: Column, value: Any) -> tuple[str, str]:
+    """A cell as (the part a mark covers, the rest): ("85.0", " ± 7.1"), ("2.0M", "")."""
+    number = _number(column, value)
+    if column.kind == "score":
+        return number, "" if value.std is None else f" ± {value.std:.1f}"
+    return number + {"params": "M", "ratio": "×"}.get(column.kind, ""), ""
+
+
+def _value(row: Row, column: Column) -> Any:
+    return row.scores.get(column.key) if column.kind == "score" else getattr(row, column.key)
+
+
+def best_cells(table: Table) -> set[tuple[int, str]]:
+    """(row index, column key) of the best measured student per ranked column, compared as
+    printed, so ties are all marked. A column where no student beats another gets no mark."""
+    marked = set()
+    for column in table.columns:
+        if column.best is None:
+            continue
+        shown = {i: float(_number(column, v)) for i, r in enumerate(table.rows)
+                 if r.ranked and (v := _value(r, column)) is not None}
+        if len(set(shown.values())) < 2:
+            continue
+        target = (max if column.best == "max" else min)(shown.values())
+        marked |= {(i, column.key) for i, v in shown.items() if v == target}
+    return marked
+
+
+def _grid(table: Table, markup: Markup) -> tuple[list[str], list[list[str]], list[str]]:
+    """Headers, body cells and notes, with `markup`'s bold and escaping."""
+    best = best_cells(table)
+    body = []
+    for i, row in enumerate(table.rows):
+        cells = [markup.escape(row.label)]
+        for column in table.columns:
+            value = _value(row, column)
+            if value is None:
+                cells.append("-")
+                continue
+            head, rest = (markup.escape(part) for part in _parts(column, value))
+            cells.append((markup.bold(head) if (i, column.key) in best else head) + rest)
+        body.append(cells)
+    headers = [markup.escape(h) for h in ["method", *(c.header for c in table.columns)]]
+    return headers, body, [markup.escape(n) for n in _notes(table, bool(best))]
+
+
+def _notes(table: Table, marked: bool) -> list[str]:
+    reported = any(r.source == "reported" for r in table.rows)
+    notes = []
+    if marked:
+        others = "the teacher and † rows are" if reported else "the teacher is"
+        notes.append(f"Bold: the best measured student in each column (highest {METRICS[table.metric]} and "
+                     f"speed-up, fewest params, lowest latency); {others} not ranked.")
+    if table.timing:
+        notes.append(f"Latency: median batch-1 forward time in ms ({table.timing}); speed-up: the teacher's "
+                     "median over the student's at batch 1, both timed in the same run.")
+    if reported:
+        notes.append(REPORTED_NOTE)
+    return notes
+
+
+def render(table: Table, fmt: str = "md") -> str:
+    """One table with its title and notes, in md, latex or html (csv: `render_csv`)."""
+    check_format(fmt)
+    if fmt == "csv":
+        return render_csv([table])
+    return {"md": _render_md, "latex": _render_latex, "html": _render_html}[fmt](table)
+
+
+def _render_md(table: Table) -> str:
+    from tabulate import tabulate
+
+    headers, body, notes = _grid(table, MARKUP["md"])
+    text = tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+    return "\n\n".join([f"### {table.title}", text, *notes]) + "\n"
+
+
+def _render_latex(table: Table) -> str:
+    headers, body, notes = _grid(table, MARKUP["latex"])
+    lines = [r"% needs \usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
+             rf"\caption{{{MARKUP['latex'].escape(table.title)}}}", rf"\label{{tab:{table.slug}}}",
+             rf"\begin{{tabular}}{{l{'r' * len(table.columns)}}}", r"\toprule", " & ".join(headers) + r" \\",
+             r"\midrule"]
+    groups = [[c for c, r in zip(body, table.rows) if key(r)] for key in (
+        lambda r: r.is_teacher, lambda r: r.ranked, lambda r: r.source == "reported")]
+    for n, group in enumerate(g for g in groups if g):
+        if n:
+            lines.append(r"\midrule")  # teacher | measured students | reported rows
+        lines += [" & ".join(cells) + r" \\" for cells in group]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if notes:
+        lines += [r"\par\smallskip", r"{\footnotesize " + (r"\par" + "\n").join(notes) + r"\par}"]
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def _render_html(table: Table) -> str:
+    headers, body, notes = _grid(table, MARKUP["html"])
+    lines = [f"<h3>{MARKUP['html'].escape(table.title)}</h3>", "<table>", "<thead>",
+             "<tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr>", "</thead>", "<tbody>"]
+    lines += ["<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for cells in body]
+    lines += ["</tbody>", "</table>", *(f"<p>{n}</p>" for n in notes)]
+    return "\n".join(lines) + "\n"
+
+
+def csv_frame(tables: Sequence[Table]) -> pd.DataFrame:
+    """Plain numbers, one row per (table, method): scores in percent as `<col>_mean` and
+    `<col>_std` (empty for a single seed), params as counts, latency in ms, speed-up as a ratio."""
+    domains = list(dict.fromkeys(d for t in tables for d in t.domains))
+    score_cols = [f"{d}_{s}" for d in [*domains, "avg"] for s in ("mean", "std")]
+    columns = ["suite", "train_ratio", "preset", "method", "source", *score_cols,
+               "seeds", "params", "non_embedding_params", "latency_ms", "speedup"]
+    records = [_csv_record(t, r) for t in tables for r in t.rows]
+    df = pd.DataFrame(records, columns=columns)
+    return df.astype({"seeds": "Int64", "params": "Int64", "non_embedding_params": "Int64"})
+
+
+def _csv_record(table: Table, row: Row) -> dict[str, Any]:
+    record: dict[str, Any] = {"suite": table.suite, "train_ratio": table.train_ratio, "preset": table.preset,
+                              "method": row.method, "source": row.source}
+    for key in [*table.domains, "avg"]:
+        stat = row.scores.get(key)
+        record[f"{key}_mean"] = None if stat is None else round(stat.mean, 4)
+        record[f"{key}_std"] = None if stat is None or stat.std is None else round(stat.std, 4)
+    return record | {
+        "seeds": row.seeds,
+        "params": None if row.params is None else round(row.params),
+        "non_embedding_params": None if row.non_embedding is None else round(row.non_embedding),
+        "latency_ms": None if row.latency_ms is None else round(row.latency_ms, 4),
+        "speedup": None if row.speedup is None else round(row.speedup, 4),
+    }
+
+
+def render_csv(tables: Sequence[Table]) -> str:
+    return csv_frame(tables).to_csv(index=False, lineterminator="\n")
+
+
+def render_tables(tables: Sequence[Table], fmt: str = "md") -> str:
+    """All tables in one text: one CSV for csv (a row per table and method), else one after another."""
+    check_format(fmt)
+    if fmt == "csv":
+        return render_csv(tables)
+    return "\n".join(render(t, fmt) for t in tables)
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise BenchError(f"unknown report format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
+
+
+def render_rows(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of plain rows (data stats and the like)."""
+    from tabulate import tabulate
+
+    return tabulate(rows, headers="keys", tablefmt="github")
+
+
+def render_page(tables: Sequence[Table], command: str, page_dir: str | os.PathLike,
+                plots: Mapping[str, Sequence[Path]] | None = None) -> str:
+    """A markdown page of the tables and, under each, links to its plots (relative to
+    `page_dir`). Nothing in it depends on the time or on the page's own name, so the same
+    store always gives the same bytes."""
+    parts = ["# kd-bench results",
+             f"Generated by `{command}` from the result store; do not edit it by hand, rerun that command."]
+    for table in tables:
+        parts.append(_render_md(table).rstrip("\n").replace("### ", "## ", 1))
+        links = [f"![{p.stem}]({Path(os.path.relpath(Path(p).resolve(), Path(page_dir).resolve())).as_posix()})"
+                 for p in (plots or {}).get(table.slug, [])]
+        if links:
+            parts.append("\n".join(links))
+    return "\n\n".join(parts) + "\n"
+
+
+def write_page(path: str | os.PathLike, tables: Sequence[Table], command: str,
+               plots: Mapping[str, Sequence[Path]] | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_page(tables, command, path.parent, plots), encoding="utf-8")
+    log.debug("wrote %s", path)
+    return path

@@ -1,0 +1,382 @@
+"""Tables (md, LaTeX, CSV, HTML), paper rows, plots and the generated page, all from result
+records written here: nothing is trained."""
+
+import io
+import logging
+import re
+import struct
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.errors import BenchError
+from bench.paper import read_paper
+from bench.plots import pareto_front, write_plots
+from bench.report import build_report, build_tables
+from bench.results import SCHEMA_VERSION, RunKey, iter_results, write_result
+
+ORDERS = {"amazon": ("books", "dvd", "electronics")}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def timing(ms):
+    return {"device": "cpu", "threads": 2, "seq_len": 128, "warmup": 5, "repeats": 20,
+            "batch_1": {"median_ms": ms, "iqr_ms": ms / 10}, "batch_32": {"median_ms": ms * 20, "iqr_ms": ms}}
+
+
+def record(method="kd", domain="books", seed=1, acc=0.8, *, teacher_acc=0.9, preset="smoke", ratio=1.0,
+           params=2_000_000, student_ms=None, teacher_ms=40.0):
+    """A stored result; `student_ms` adds the newer fields (latency, speed-up, macro-F1 ...)."""
+    rec = {
+        "schema_version": SCHEMA_VERSION, "seed": seed, "preset": preset,
+        "suite": {"name": "amazon", "domain": domain, "train_ratio": ratio},
+        "method": {"name": method, "config": {}},
+        "teacher": None if method == "finetune" else {
+            "ref": "random:tiny", "key": f"t-{domain}-{ratio}", "test_accuracy": teacher_acc,
+            "params": {"total": 4_000_000, "non_embedding": 1_000_000}},
+        "machine": {"world_size": 1},
+        "train": {"steps": 10, "history": [{"step": 10, "dev_accuracy": 0.5}]},
+        "metrics": {"accuracy": acc, "params": {"total": params, "non_embedding": 500_000}},
+    }
+    if student_ms is not None:
+        rec["metrics"] |= {"macro_f1": acc - 0.05, "latency": timing(student_ms),
+                           "throughput": {"examples_per_second": 32e3 / (student_ms * 20)},
+                           "speedup": {"batch_1": teacher_ms / student_ms, "batch_32": teacher_ms / student_ms},
+                           "compression": 4_000_000 / params}
+        if rec["teacher"] is not None:
+            rec["teacher"]["latency"] = timing(teacher_ms)
+    return rec
+
+
+def store(root, records):
+    for r in records:
+        key = RunKey(r["suite"]["name"], r["preset"], r["method"]["name"], r["suite"]["domain"], r["seed"],
+                     r["suite"]["train_ratio"])
+        write_result(key.path(root), r)
+    return root
+
+
+@pytest.fixture
+def old_store(tmp_path):
+    """Records of the first schema: no latency, speed-up or macro-F1."""
+    runs = [record("kd", d, seed, a) for seed, accs in ((1, (0.80, 0.70)), (2, (0.90, 0.60)))
+            for d, a in zip(("books", "dvd"), accs)]
+    runs += [record("finetune", d, 1, a) for d, a in zip(("books", "dvd"), (0.5, 0.75))]
+    return store(tmp_path / "old", runs)
+
+
+@pytest.fixture
+def new_store(tmp_path):
+    """kd: 2 seeds, batch-1 latency 9..12 ms; finetune: 12 ms, no teacher; tiny: smaller, 5 ms."""
+    runs = [record("kd", d, seed, a, student_ms=ms)
+            for (seed, d, a), ms in zip([(1, "books", 0.8), (1, "dvd", 0.7), (2, "books", 0.9), (2, "dvd", 0.6)],
+                                        (9.0, 10.0, 11.0, 12.0))]
+    runs += [record("finetune", d, 1, a, student_ms=12.0) for d, a in (("books", 0.5), ("dvd", 0.75))]
+    runs += [record("tiny", d, 1, a, params=1_500_000, student_ms=5.0) for d, a in (("books", 0.4), ("dvd", 0.65))]
+    return store(tmp_path / "new", runs)
+
+
+def report(root, fmt="md", **kw):
+    return build_report(iter_results(root), None, ORDERS, fmt, **kw)
+
+
+def parse_markdown(text):
+    """{method: {column: cell as read, emphasis taken out}} and the set of bold (method, column)."""
+    lines = [l for l in text.splitlines() if l.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows, bold = {}, set()
+    for line in lines[2:]:
+        cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+        bold |= {(cells["method"], k) for k, v in cells.items() if re.fullmatch(r"\*\*[^*]+\*\*.*", v)}
+        rows[cells["method"]] = {k: v.replace("**", "") for k, v in cells.items()}
+    return rows, bold
+
+
+# --- markdown -------------------------------------------------------------------------------
+
+def test_report_rows_columns_and_means(old_store):
+    text = build_report(iter_results(old_store), None, ORDERS)
+    rows, bold = parse_markdown(text)
+    assert list(rows) == ["teacher", "finetune", "kd"]
+    assert rows["kd"]["books"] == "85.0 ± 7.1"  # mean and sample std of 80 and 90
+    assert rows["kd"]["avg"] == "75.0 ± 0.0"  # seed averages: (80+70)/2 = (90+60)/2 = 75
+    assert rows["kd"]["seeds"] == "2"
+    assert rows["finetune"]["avg"] == "62.5"
+    assert rows["teacher"]["books"] == "90.0" and rows["teacher"]["avg"] == "90.0"
+    assert rows["kd"]["params"] == "2.0M" and rows["kd"]["non-emb params"] == "0.5M"
+    assert "electronics" not in rows["kd"]  # only domains with results become columns
+    assert list(rows["kd"]) == ["method", "books", "dvd", "avg", "seeds", "params", "non-emb params",
+                                "latency (ms)", "speed-up"]
+    # the mean is bold, the std is not; a column where both students tie (params) has no mark
+    assert "| **85.0** ± 7.1 " in text
+    assert bold == {("kd", "books"), ("finetune", "dvd"), ("kd", "avg")}
+
+
+def test_report_of_an_empty_dir_says_what_to_do(tmp_path):
+    with pytest.raises(BenchError, match="holds no results"):
+        build_report(iter_results(tmp_path), None, {})
+
+
+def test_old_records_without_the_new_fields_render_dashes(old_store):
+    rows, _ = parse_markdown(report(old_store))
+    for method in ("teacher", "finetune", "kd"):
+        assert rows[method]["latency (ms)"] == "-" and rows[method]["speed-up"] == "-"
+    f1_rows, bold = parse_markdown(report(old_store, metric="macro_f1"))
+    assert {f1_rows[m]["books"] for m in f1_rows} == {"-"} and {f1_rows[m]["avg"] for m in f1_rows} == {"-"}
+    assert f1_rows["kd"]["seeds"] == "2" and not any(c in {"books", "dvd", "avg"} for _, c in bold)
+    assert "Latency:" not in report(old_store)  # no timing note without timings
+
+
+def test_latency_and_speedup_are_medians_over_runs(new_store):
+    text = report(new_store)
+    rows, _ = parse_markdown(text)
+    assert rows["teacher"]["latency (ms)"] == "40.0" and rows["teacher"]["speed-up"] == "1.0×"
+    assert rows["kd"]["latency (ms)"] == "10.5"  # median of 9, 10, 11, 12
+    assert rows["kd"]["speed-up"] == "3.8×"  # median of 40/9 .. 40/12: (40/11 + 40/10) / 2 = 3.82
+    assert rows["finetune"]["latency (ms)"] == "12.0" and rows["finetune"]["speed-up"] == "3.3×"
+    assert rows["tiny"]["latency (ms)"] == "5.00" and rows["tiny"]["params"] == "1.5M"
+    assert "(cpu, 2 threads, sequence length 128)" in text
+
+
+def test_latencies_timed_under_different_conditions_are_flagged(new_store, caplog):
+    gpu = record("tiny", "electronics", 1, 0.7, student_ms=1.0)
+    gpu["metrics"]["latency"]["device"] = "cuda"
+    store(new_store, [gpu])
+    text = report(new_store)
+    assert "(mixed: cpu, 2 threads, sequence length 128; cuda, 2 threads, sequence length 128)" in text
+    assert "amazon/smoke: latencies were measured under different conditions" in caplog.text
+
+
+def test_the_best_measured_student_is_bold_and_the_teacher_is_not_ranked(new_store):
+    text = report(new_store)
+    _, bold = parse_markdown(text)
+    # the teacher has the best accuracy (90) but is the reference, not a contender
+    assert bold == {("kd", "books"), ("finetune", "dvd"), ("kd", "avg"), ("tiny", "params"),
+                    ("tiny", "latency (ms)"), ("tiny", "speed-up")}
+    assert "Bold: the best measured student in each column" in text and "the teacher is not ranked" in text
+
+
+def test_macro_f1_is_reported_when_asked(new_store):
+    text = report(new_store, metric="macro_f1")
+    rows, _ = parse_markdown(text)
+    assert "test macro-F1 (%)" in text.splitlines()[0]
+    assert rows["kd"]["books"] == "80.0 ± 7.1"  # (0.75, 0.85) in the fixture
+    assert rows["teacher"]["books"] == "-"  # the teacher's record holds test accuracy only
+
+
+def test_few_shot_runs_get_their_own_table(new_store):
+    store(new_store, [record("kd", d, 1, 0.6, ratio=0.1, student_ms=10.0) for d in ("books", "dvd")])
+    tables = build_tables(iter_results(new_store), "amazon", ORDERS)
+    assert [(t.title, t.slug) for t in tables] == [
+        ("amazon (smoke preset, 0.1 of train): test accuracy (%)", "amazon-r0.1-smoke"),
+        ("amazon (smoke preset): test accuracy (%)", "amazon-smoke")]
+    assert [r.method for r in tables[0].rows] == ["teacher", "kd"]
+
+
+# --- CSV, LaTeX, HTML -----------------------------------------------------------------------
+
+def test_csv_is_plain_numbers_one_row_per_method(new_store):
+    text = report(new_store, "csv")
+    assert "**" not in text and "±" not in text and "×" not in text
+    df = pd.read_csv(io.StringIO(text)).set_index("method")
+    assert list(df.index) == ["teacher", "finetune", "kd", "tiny"]
+    assert list(df.columns) == ["suite", "train_ratio", "preset", "source", "books_mean", "books_std", "dvd_mean",
+                                "dvd_std", "avg_mean", "avg_std", "seeds", "params", "non_embedding_params",
+                                "latency_ms", "speedup"]
+    kd = df.loc["kd"]
+    assert kd["books_mean"] == 85.0 and kd["books_std"] == pytest.approx(50 ** 0.5, abs=1e-4)
+    assert kd["avg_mean"] == 75.0 and kd["avg_std"] == 0.0 and kd["seeds"] == 2
+    assert kd["params"] == 2_000_000 and kd["latency_ms"] == 10.5
+    assert kd["speedup"] == pytest.approx((40 / 11 + 40 / 10) / 2, abs=1e-4)
+    assert pd.isna(df.loc["finetune", "books_std"])  # one seed: no std, not 0
+    assert pd.isna(df.loc["teacher", "seeds"]) and df.loc["teacher", "speedup"] == 1.0
+    assert df.loc["teacher", "params"] == 4_000_000 and set(df["source"]) == {"measured"}
+    assert df["params"].dtype.kind == "i" and df["books_mean"].dtype.kind == "f"
+
+
+def latex_rows(text):
+    """The tabular's column spec and its rows, each split at unescaped &."""
+    spec = re.search(r"\\begin\{tabular\}\{([lcr]+)\}", text).group(1)
+    body = text[text.index(r"\toprule"):text.index(r"\bottomrule")]
+    lines = [l for l in body.splitlines() if l.strip() not in (r"\toprule", r"\midrule")]
+    assert all(l.endswith(r" \\") for l in lines)
+    return spec, [[c.strip() for c in re.split(r"(?<!\\)&", l.removesuffix(r" \\"))] for l in lines]
+
+
+def test_latex_is_booktabs_with_one_spec_per_column_and_escaped(new_store, tmp_path):
+    paper = tmp_path / "paper.csv"
+    paper.write_text("method,books,avg\nBERT_6 (50% & more),86.1,85.0\n")
+    text = report(new_store, "latex", paper=read_paper(paper))
+    rules = [l for l in text.splitlines() if l in (r"\toprule", r"\midrule", r"\bottomrule")]
+    assert rules == [r"\toprule", r"\midrule", r"\midrule", r"\midrule", r"\bottomrule"]  # teacher|ours|paper
+    spec, rows = latex_rows(text)
+    assert spec == "l" + "r" * 8 and {len(r) for r in rows} == {len(spec)}
+    header = dict(zip(rows[0], range(len(rows[0]))))
+    cells = {r[0]: r for r in rows[1:]}
+    assert list(cells) == ["teacher", "finetune", "kd", "tiny", r"BERT\_6 (50\% \& more)\textsuperscript{\dag}"]
+    assert cells["kd"][header["books"]] == r"\textbf{85.0} $\pm$ 7.1"
+    assert cells["tiny"][header["speed-up"]] == r"\textbf{8.0$\times$}"
+    assert r"\caption{amazon (smoke preset): test accuracy (\%)}" in text
+    assert r"\textsuperscript{\dag} reported in the paper, not measured here" in text
+    code = "\n".join(l for l in text.splitlines() if not l.startswith("%"))
+    assert not re.search(r"(?<!\\)[%&_#]", code.replace(" & ", " "))  # every special character escaped
+
+
+class TableParser(HTMLParser):
+    """Header cells, body rows (cell text) and the (row, column) cells holding <b>."""
+
+    def __init__(self):
+        super().__init__()
+        self.header, self.rows, self.bold, self.section, self.cell = [], [], set(), None, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("thead", "tbody"):
+            self.section = tag
+        elif tag == "tr" and self.section == "tbody":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.cell = ""
+        elif tag == "b":
+            self.bold.add((len(self.rows) - 1, len(self.rows[-1])))
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            (self.header if self.section == "thead" else self.rows[-1]).append(self.cell)
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell += data
+
+
+def test_html_table_parses_back_escaped(new_store, tmp_path):
+    paper = tmp_path / "paper.csv"
+    paper.write_text("method,books\n<PKD> & co,84.0\n")
+    text = report(new_store, "html", paper=read_paper(paper))
+    parser = TableParser()
+    parser.feed(text)
+    assert parser.header == ["method", "books", "dvd", "avg", "seeds", "params", "non-emb params",
+                             "latency (ms)", "speed-up"]
+    rows = {r[0]: dict(zip(parser.header, r)) for r in parser.rows}
+    assert list(rows) == ["teacher", "finetune", "kd", "tiny", "<PKD> & co†"]
+    assert "&lt;PKD&gt; &amp; co†" in text
+    assert rows["kd"]["books"] == "85.0 ± 7.1" and rows["<PKD> & co†"]["dvd"] == "-"
+    bold = {(parser.rows[i][0], parser.header[j]) for i, j in parser.bold}
+    assert ("kd", "books") in bold and ("tiny", "latency (ms)") in bold and not any(m == "teacher" for m, _ in bold)
+
+
+def test_an_unknown_format_is_refused(old_store):
+    with pytest.raises(BenchError, match="unknown report format 'pdf'"):
+        report(old_store, "pdf")
+
+
+# --- rows a paper reports -------------------------------------------------------------------
+
+def test_paper_rows_are_marked_reported_and_never_ranked(new_store, tmp_path, caplog):
+    paper = tmp_path / "paper.csv"
+    paper.write_text("method,books,dvd,avg,params,venue\nTinyBERT,95.5 ± 0.4,96.0,95.75,14.5M,EMNLP\n"
+                     "PKD,92%,,,66\n")
+    rows = read_paper(paper, ORDERS["amazon"])
+    assert "columns venue are not domains; left out" in caplog.text
+    text = report(new_store, paper=rows)
+    table, bold = parse_markdown(text)
+    assert list(table)[-2:] == ["TinyBERT†", "PKD†"]
+    assert table["TinyBERT†"]["books"] == "95.5 ± 0.4" and table["TinyBERT†"]["params"] == "14.5M"
+    assert table["PKD†"]["books"] == "92.0" and table["PKD†"]["dvd"] == "-" and table["PKD†"]["params"] == "66.0M"
+    assert not any(m.endswith("†") for m, _ in bold) and ("kd", "books") in bold  # 95.5 beats kd, unranked
+    assert text.rstrip().endswith("† reported in the paper, not measured here")
+    df = pd.read_csv(io.StringIO(report(new_store, "csv", paper=rows))).set_index("method")
+    assert df.loc["TinyBERT", "source"] == "reported" and df.loc["kd", "source"] == "measured"
+    assert df.loc["TinyBERT", "books_std"] == 0.4 and df.loc["TinyBERT", "params"] == 14_500_000
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "paper file {path} does not exist"),
+    ("", "paper file {path} is not a readable CSV"),
+    ("name,books\nkd,85\n", "paper file {path} has no `method` column (columns: name, books)"),
+    ("method,books\nkd,eighty\n", "{path}:2: books is 'eighty', not a number"),
+    ("method,books\nkd,85\npkd,0.85\n", "{path}:3: books = '0.85' is not a score in percent"),
+    ("method,books\nkd,85\nkd,86\n", "paper file {path} names kd more than once"),
+    ("method,params\nkd,14.5B\n", "{path}:2: params is '14.5B', not a number"),
+])
+def test_bad_paper_files_say_what_and_what_to_do(tmp_path, content, message):
+    path = tmp_path / "paper.csv"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(BenchError) as caught:
+        read_paper(path)
+    what, hint = str(caught.value).split("\n")
+    assert what.startswith(message.format(path=path)) and hint.strip()
+
+
+def test_the_cli_turns_a_bad_paper_file_into_exit_2(old_store, tmp_path, capsys):
+    assert main(["report", "--results-dir", str(old_store), "--paper", str(tmp_path / "none.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: paper file {tmp_path / 'none.csv'} does not exist") and "Traceback" not in err
+
+
+# --- plots ----------------------------------------------------------------------------------
+
+def png_size(path):
+    data = Path(path).read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_pareto_front_keeps_the_points_nothing_beats():
+    points = [(40.0, 90.0), (10.5, 75.0), (12.0, 62.5), (5.0, 52.5), (10.5, 70.0), (50.0, 89.0)]
+    assert pareto_front(points) == [(5.0, 52.5), (10.5, 75.0), (40.0, 90.0)]
+    assert pareto_front([]) == []
+
+
+def test_plots_are_written_as_pngs(new_store, tmp_path):
+    tables = build_tables(iter_results(new_store), "amazon", ORDERS)
+    written = write_plots(tables, tmp_path / "plots")
+    assert written == {"amazon-smoke": [tmp_path / "plots/amazon-smoke-accuracy-latency.png",
+                                        tmp_path / "plots/amazon-smoke-domains.png"]}
+    for path in written["amazon-smoke"]:
+        assert png_size(path) == (768, 480)  # 6.4 x 4.0 inches at 120 dpi
+        assert path.stat().st_size > 5_000  # axes, points and labels, not a blank canvas
+
+
+def test_a_plot_whose_fields_are_missing_is_skipped_with_a_warning(old_store, tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    written = write_plots(build_tables(iter_results(old_store), None, ORDERS), tmp_path / "plots")
+    assert written == {"amazon-smoke": [tmp_path / "plots/amazon-smoke-domains.png"]}
+    assert "no method has both a batch-1 latency and an average" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["amazon-smoke-domains.png"]
+
+
+# --- the CLI and the generated page ---------------------------------------------------------
+
+def test_the_cli_prints_csv_on_stdout_and_names_files_on_stderr(new_store, tmp_path, capsys):
+    plots = tmp_path / "plots"
+    assert main(["report", "--results-dir", str(new_store), "--suite", "amazon", "--format", "csv",
+                 "--plots", str(plots)]) == 0
+    out, err = capsys.readouterr()
+    df = pd.read_csv(io.StringIO(out))
+    assert list(df["method"]) == ["teacher", "finetune", "kd", "tiny"]
+    assert f"wrote {plots / 'amazon-smoke-accuracy-latency.png'}" in err.splitlines()
+
+
+def test_write_gives_the_same_page_for_the_same_store(new_store, tmp_path, capsys):
+    out = tmp_path / "site"
+    argv = ["report", "--results-dir", str(new_store), "--plots", str(out / "plots")]
+    assert main([*argv, "--write", str(out / "A.md")]) == 0
+    assert main([*argv, "--write", str(out / "B.md")]) == 0
+    page = (out / "A.md").read_bytes()
+    assert page == (out / "B.md").read_bytes()
+    text = page.decode()
+    lines = text.splitlines()
+    assert lines[0] == "# kd-bench results"
+    assert lines[2] == (f"Generated by `python -m bench report --results-dir {new_store} --plots {out / 'plots'} "
+                        "--write <this file>` from the result store; do not edit it by hand, rerun that command.")
+    assert "## amazon (smoke preset): test accuracy (%)" in lines
+    rows, _ = parse_markdown(text)
+    assert rows["kd"]["books"] == "85.0 ± 7.1" and rows["tiny"]["latency (ms)"] == "5.00"
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert links == ["plots/amazon-smoke-accuracy-latency.png", "plots/amazon-smoke-domains.png"]
+    assert all(png_size(out / link) for link in links)

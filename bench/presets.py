@@ -71,6 +71,30 @@ _add(Preset(
     max_dev_rows=200,
 ))
 
+_add(Preset(
+    name="cpu-base",
+    description="fine-tuned all-mpnet-base-v2 teacher (110M), all-MiniLM-L6-v2 student (23M): CPU, hours",
+    teacher=ModelSpec("pkg:all-mpnet-base-v2"),
+    student=ModelSpec("pkg:all-MiniLM-L6-v2"),
+    max_len=128,
+    teacher_train=TrainConfig(epochs=2, batch_size=16, lr=5e-5, eval_every=25),
+    student_train=TrainConfig(epochs=3, batch_size=16, lr=1e-4, eval_every=25),
+    max_train_rows=800,
+    max_dev_rows=200,
+))
+
+# The HRKD paper's setting and its reference scripts' hyper-parameters (METHODS.md): a GPU
+# and the hub; full data; batch 8 per domain.
+_add(Preset(
+    name="paper",
+    description="BERT-base teacher, TinyBERT-4L-312D student, full data, the reference hyper-parameters: GPU",
+    teacher=ModelSpec("hf:bert-base-uncased"),
+    student=ModelSpec("hf:huawei-noah/TinyBERT_General_4L_312D"),
+    max_len=128,
+    teacher_train=TrainConfig(epochs=3, batch_size=8, lr=5e-5),
+    student_train=TrainConfig(epochs=10, batch_size=8, lr=5e-5),
+))
+
 DEFAULT_PRESET = "cpu"
 
 

@@ -10,12 +10,16 @@ Schema (version 1). Keys every tool may rely on, as dotted paths: `seed`, `prese
 - suite {name, version, domain, train_ratio, sizes {train, dev, test}, fingerprint,
   left_out {dropped_no_consensus, skipped_bad_rows, ...}}
 - method {name, plugin, config}
-- teacher {ref, key, dev_accuracy, test_accuracy} or null when the method has none
+- teacher {ref, key, params, latency, dev_accuracy, test_accuracy, reused} or null when the method
+  has none
 - student {ref, init, layers}
 - train {steps, epochs, batch_size, lr, ..., wall_seconds, examples, examples_per_second,
   selected_step, best_dev_accuracy, history}
-- metrics {accuracy, params {total, non_embedding, extra_training_only}, ...}
-- timings {teacher_seconds, train_seconds, eval_seconds}
+- metrics {accuracy, macro_f1, params {total, non_embedding, extra_training_only},
+  latency {device, threads, seq_len, warmup, repeats, batch_<B> {median_ms, iqr_ms}},
+  throughput {batch, examples_per_second}, speedup {batch_<B>}, compression, ...}: one entry
+  per registered metric; a field may be missing from records written before it existed
+- timings {teacher_seconds (spent by this run: 0 when the teacher was reused), train_seconds, eval_seconds}
 
 Reports are built from the store only; `upgrade()` keeps files of older schema versions loading.
 """

@@ -8,6 +8,7 @@ unless `overwrite`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -22,12 +23,13 @@ from bench.api import DataConfig, Distiller, EvalContext, SuiteSpec
 from bench.data import make_loader, tokenize
 from bench.errors import BenchError
 from bench.measure import measure_latency, param_counts
-from bench.models import build_classifier, load_tokenizer
+from bench.models import build_classifier, load_config, load_tokenizer
 from bench.plugins import Registry, plugin_version
 from bench.presets import Preset
 from bench.results import SCHEMA_VERSION, RunKey, git_state, machine_info, now_utc, write_result
-from bench.teachers import StoredTeacher, TeacherStore, get_or_train_teacher
+from bench.teachers import StoredTeacher, TeacherStore, get_or_train_teacher, teacher_key
 from bench.train import FitResult, TrainConfig, accuracy, fit, make_accelerator, predict
+from bench.vocab import MappedTeacher, VocabMap, align
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +78,32 @@ class Trained:
 
 @dataclass
 class DomainData:
-    """One domain's splits, tokenised once and shared by the teacher and every student."""
+    """One domain's selected rows, tokenised once per tokenizer and shared by the teacher and
+    every student."""
 
-    sizes: dict[str, int]
+    rows: dict[str, Any]  # split -> datasets.Dataset
     fingerprint: str
     left_out: dict[str, int]
-    tokenized: dict[str, Any]
-    pad_token_id: int
+    max_len: int
+    domains: Sequence[str]
+    _tokenized: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {split: len(ds) for split, ds in self.rows.items()}
+
+    def tokenized(self, split: str, tokenizer) -> Any:
+        key = (tokenizer.name_or_path, split)
+        if key not in self._tokenized:
+            self._tokenized[key] = tokenize(self.rows[split], tokenizer, self.max_len, self.domains)
+        return self._tokenized[key]
 
 
-def load_domain(suite: SuiteSpec, domain: str, preset: Preset, data: DataConfig, train_ratio: float,
-                tokenizer) -> DomainData:
+def load_domain(suite: SuiteSpec, domain: str, preset: Preset, data: DataConfig, train_ratio: float) -> DomainData:
     """The splits of one domain: the first `train_ratio` of train (the few-shot protocol takes
     the first rows), then the preset's row caps."""
     limits = {"train": preset.max_train_rows, "dev": preset.max_dev_rows, "test": preset.max_test_rows}
-    tokenized, sizes = {}, {}
+    rows = {}
     for split, limit in limits.items():
         ds = suite.load(domain, split, data)
         keep = len(ds)
@@ -103,17 +116,27 @@ def load_domain(suite: SuiteSpec, domain: str, preset: Preset, data: DataConfig,
         if len(ds) == 0:
             raise BenchError(f"{suite.name}/{domain} has no {split} rows in {data.data_dir}",
                              "check the data dir, or use another preset")
-        sizes[split] = len(ds)
-        tokenized[split] = tokenize(ds, tokenizer, preset.max_len, suite.domains)
-    return DomainData(sizes, suite.fingerprint(domain, data), suite.audit(domain, data), tokenized,
-                      tokenizer.pad_token_id)
+        rows[split] = ds
+    return DomainData(rows, suite.fingerprint(domain, data), suite.audit(domain, data), preset.max_len,
+                      suite.domains)
 
 
-def check_same_vocab(teacher_tok, student_tok, preset: Preset) -> None:
-    if teacher_tok.get_vocab() != student_tok.get_vocab():
-        raise BenchError(
-            f"teacher {preset.teacher.ref} and student {preset.student.ref} use different vocabularies",
-            "pick a teacher and student with the same tokenizer (mapping between them comes later)")
+def teacher_identity(grid: Grid, domain: str, data: DomainData) -> dict[str, Any]:
+    """Everything a teacher depends on; its hash is the teacher's key in the store."""
+    p = grid.preset
+    return {
+        "model": {"ref": p.teacher.ref, "init": p.teacher.init, "layers": p.teacher.layers},
+        "suite": grid.suite.name,
+        "suite_version": grid.suite.version,
+        "domain": domain,
+        "data_fingerprint": data.fingerprint,
+        "train_ratio": grid.train_ratio,  # few-shot teachers see only the few-shot rows
+        "sizes": data.sizes,
+        "max_len": p.max_len,
+        "kind": "single",
+        "train": p.teacher_train.to_dict(),
+        "seed": p.teacher_seed,
+    }
 
 
 class Runner:
@@ -135,20 +158,27 @@ class Runner:
             out.append((key, method))
         return out
 
+    def check_methods(self, methods: Sequence[type[Distiller]]) -> None:
+        """Build each method against the two models' configurations, so a layer map or width
+        that does not fit fails now, not after a teacher has trained."""
+        p = self.grid.preset
+        teacher_config, student_config = load_config(p.teacher), load_config(p.student)
+        for method in methods:
+            distiller = method(self.grid.method_options.get(method.name))
+            distiller.extra_modules(teacher_config if method.teacher_kind else None, student_config)
+
     def run(self) -> list[Path]:
         g = self.grid
         todo = self.pending()
         if not todo:
             return []
-        tokenizer = load_tokenizer(g.preset.student.ref)
-        if any(m.teacher_kind for _, m in todo):
-            check_same_vocab(load_tokenizer(g.preset.teacher.ref), tokenizer, g.preset)
+        self.check_methods(list(dict.fromkeys(m for _, m in todo)))
         written = []
         for domain in g.domains:
             runs = [(k, m) for k, m in todo if k.domain == domain]
             if not runs:
                 continue
-            data = load_domain(g.suite, domain, g.preset, g.data, g.train_ratio, tokenizer)
+            data = load_domain(g.suite, domain, g.preset, g.data, g.train_ratio)
             teacher = None
             for key, method in runs:
                 if method.teacher_kind and teacher is None:
@@ -162,27 +192,68 @@ class Runner:
                 written.append(path)
         return written
 
+    @functools.cached_property
+    def student_tokenizer(self):
+        return load_tokenizer(self.grid.preset.student.ref)
+
+    @functools.cached_property
+    def vocab_map(self) -> VocabMap | None:
+        """Student ids -> teacher ids when their vocabularies differ (data is tokenised once, by
+        the student's tokenizer); refuses teachers whose tokens cannot line up."""
+        vocab_map = align(load_tokenizer(self.grid.preset.teacher.ref), self.student_tokenizer)
+        return vocab_map.to(self.accelerator.device) if vocab_map else None
+
+    def teacher_view(self, model):
+        """The teacher as the harness calls it: on student batches."""
+        return MappedTeacher(model, self.vocab_map) if self.vocab_map else model
+
+    def plan(self) -> list[str]:
+        """What `run` would do, without training or loading a model: the teachers to train or
+        reuse, the runs to do or skip, and the examples each would process."""
+        g, p = self.grid, self.grid.preset
+        todo = self.pending()
+        lines = [f"preset {p.name}: teacher {p.teacher.describe()}, student {p.student.describe()}",
+                 f"{len(todo)} run(s) to do, {len(g.keys()) - len(todo)} already in {g.results_dir}"]
+        total = 0
+        for domain in g.domains:
+            runs = [(k, m) for k, m in todo if k.domain == domain]
+            if not runs:
+                continue
+            data = load_domain(g.suite, domain, g.preset, g.data, g.train_ratio)
+            n_train = data.sizes["train"]
+            if any(m.teacher_kind for _, m in runs):
+                key = teacher_key(teacher_identity(g, domain, data))
+                stored = (self.store.path(key) / "teacher.json").is_file()
+                examples = 0 if stored else p.teacher_train.epochs * n_train
+                total += examples
+                lines.append(f"{domain}: teacher {key} " + ("reused from the store" if stored else
+                             f"to train ({examples} examples)"))
+            for key, method in runs:
+                stages = method(g.method_options.get(method.name)).stages  # options may add stages
+                examples = len(stages) * p.student_train.epochs * n_train
+                total += examples
+                lines.append(f"{domain}: {method.name} seed {key.seed}: {examples} examples"
+                             + (" (+ teacher forwards)" if method.teacher_kind else ""))
+        lines.append(f"examples to process in all: {total}")
+        return lines
+
     # -- teachers -----------------------------------------------------------------------
+    def train_teachers(self) -> list[StoredTeacher]:
+        """The teachers of the grid's domains, trained where the store lacks them."""
+        g = self.grid
+        return [self.teacher(d, load_domain(g.suite, d, g.preset, g.data, g.train_ratio)) for d in g.domains]
+
     def teacher(self, domain: str, data: DomainData) -> StoredTeacher:
         g, p = self.grid, self.grid.preset
-        identity = {
-            "model": {"ref": p.teacher.ref, "init": p.teacher.init, "layers": p.teacher.layers},
-            "suite": g.suite.name,
-            "suite_version": g.suite.version,
-            "domain": domain,
-            "data_fingerprint": data.fingerprint,
-            "train_ratio": g.train_ratio,  # few-shot teachers see only the few-shot rows
-            "sizes": data.sizes,
-            "max_len": p.max_len,
-            "kind": "single",
-            "train": p.teacher_train.to_dict(),
-            "seed": p.teacher_seed,
-        }
+        identity = teacher_identity(g, domain, data)
+        if self.vocab_map:  # trained on the student's tokenisation, mapped
+            identity["input_vocab"] = {"student": p.student.ref, "specials": self.vocab_map.specials}
 
         def train(model) -> dict[str, Any]:
+            view = self.teacher_view(model)
             trained = self.train_and_test(
-                model, lambda b: {"ce": torch.nn.functional.cross_entropy(model(b).logits, b.labels)},
-                data, p.teacher_train, p.teacher_seed, f"teacher {domain}")
+                view, lambda b: {"ce": torch.nn.functional.cross_entropy(view(b).logits, b.labels)},
+                data, self.student_tokenizer, p.teacher_train, p.teacher_seed, f"teacher {domain}")
             return {"dev_accuracy": trained.fit.best_dev_accuracy, "test_accuracy": trained.test_accuracy,
                     "steps": trained.fit.steps, "selected_step": trained.fit.selected_step,
                     "history": trained.fit.history}
@@ -204,15 +275,15 @@ class Runner:
         return self._teacher_timing
 
     # -- one run ------------------------------------------------------------------------
-    def train_and_test(self, model, compute_loss, data: DomainData, config: TrainConfig, seed: int,
+    def train_and_test(self, model, compute_loss, data: DomainData, tokenizer, config: TrainConfig, seed: int,
                        desc: str, extra_modules=None) -> Trained:
         from accelerate.utils import set_seed
 
         set_seed(seed)
-        train_loader = make_loader(data.tokenized["train"], config.batch_size, data.pad_token_id,
-                                   shuffle=True, seed=seed)
+        pad = tokenizer.pad_token_id
+        train_loader = make_loader(data.tokenized("train", tokenizer), config.batch_size, pad, shuffle=True, seed=seed)
         dev_loader, test_loader = (
-            self.accelerator.prepare(make_loader(data.tokenized[s], 64, data.pad_token_id, shuffle=False))
+            self.accelerator.prepare(make_loader(data.tokenized(s, tokenizer), 64, pad, shuffle=False))
             for s in ("dev", "test"))
         model.to(self.accelerator.device)
 
@@ -233,21 +304,23 @@ class Runner:
         student = build_classifier(p.student, len(g.suite.labels))
         extra = distiller.extra_modules(teacher.model.config if teacher else None, student.config)
         needs = distiller.needs
+        teacher_model = self.teacher_view(teacher.model) if teacher else None
 
         def compute_loss(batch, stage):
             student_out = student(batch, needs)
             teacher_out = None
-            if teacher is not None:
+            if teacher_model is not None:
                 with torch.no_grad():
-                    teacher_out = teacher.model(batch, needs)
+                    teacher_out = teacher_model(batch, needs)
             return distiller.loss(batch, student_out, teacher_out, stage)
 
         start = time.perf_counter()
         stages = []
-        for stage in method.stages:
+        for stage in distiller.stages:
             stages.append(self.train_and_test(
-                student, lambda b, stage=stage: compute_loss(b, stage), data, p.student_train, key.seed,
-                f"{key.method} {key.domain} s{key.seed}" + (f" {stage}" if len(method.stages) > 1 else ""),
+                student, lambda b, stage=stage: compute_loss(b, stage), data, self.student_tokenizer,
+                p.student_train, key.seed,
+                f"{key.method} {key.domain} s{key.seed}" + (f" {stage}" if len(distiller.stages) > 1 else ""),
                 extra_modules=extra))
         train_seconds = time.perf_counter() - start
         fits = [t.fit for t in stages]
@@ -282,7 +355,8 @@ class Runner:
                 "ref": p.teacher.ref, "key": teacher.key, "params": timing["params"],
                 "latency": timing["latency"],
                 "dev_accuracy": teacher.info.get("dev_accuracy"),
-                "test_accuracy": teacher.info.get("test_accuracy")},
+                "test_accuracy": teacher.info.get("test_accuracy"),
+                "reused": not teacher.trained_now},
             "student": {"ref": p.student.ref, "init": p.student.init,
                         "layers": list(p.student.layers) if p.student.layers else None},
             "train": {**p.student_train.to_dict(), "max_len": p.max_len, "steps": sum(f.steps for f in fits),
@@ -291,7 +365,9 @@ class Runner:
                       "selected_step": last.selected_step, "best_dev_accuracy": last.best_dev_accuracy,
                       "history": [h for f in fits for h in f.history]},
             "metrics": metrics,
-            "timings": {"teacher_seconds": teacher.info.get("wall_seconds") if teacher else None,
+            # teacher time spent by this run: its training when it was trained for it, else 0
+            "timings": {"teacher_seconds": teacher.info.get("wall_seconds") if teacher and teacher.trained_now
+                        else 0.0,
                         "train_seconds": round(train_seconds, 3), "eval_seconds": round(eval_seconds, 3)},
         }
 

@@ -18,14 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.cache import cache_root
+from bench.errors import BenchError
 from bench.models import Classifier, build_classifier
 
 log = logging.getLogger(__name__)
-
-
-def cache_root() -> Path:
-    """`$BENCH_CACHE_DIR`, else `~/.cache/kd-bench`."""
-    return Path(os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "kd-bench")
 
 
 @dataclass
@@ -33,6 +30,7 @@ class StoredTeacher:
     key: str
     model: Classifier
     info: dict[str, Any]  # what the key covers, plus dev/test accuracy and training figures
+    trained_now: bool = False  # False: loaded from the store
 
 
 def teacher_key(identity: dict[str, Any]) -> str:
@@ -61,6 +59,22 @@ class TeacherStore:
         load_model(model, str(folder / "model.safetensors"))
         model.eval()
         return StoredTeacher(key, model, info)
+
+    def entries(self) -> list[tuple[str, dict[str, Any]]]:
+        """(key, info) of every stored teacher, sorted by key."""
+        if not self.root.is_dir():
+            return []
+        return [(f.parent.name, json.loads(f.read_text())) for f in sorted(self.root.glob("*/teacher.json"))]
+
+    def remove(self, prefix: str) -> str:
+        """Delete the one teacher whose key starts with `prefix`; returns its key."""
+        matches = [key for key, _ in self.entries() if key.startswith(prefix)]
+        if len(matches) != 1:
+            found = "no stored teacher" if not matches else f"{len(matches)} stored teachers"
+            raise BenchError(f"{found} with a key starting {prefix!r} in {self.root}",
+                             "see `python -m bench teacher ls` for the keys")
+        shutil.rmtree(self.path(matches[0]))
+        return matches[0]
 
     def save(self, key: str, model: Classifier, info: dict[str, Any]) -> None:
         from safetensors.torch import save_model
@@ -104,4 +118,4 @@ def get_or_train_teacher(identity: dict[str, Any], num_labels: int, train_fn, st
     info = {"identity": identity, **train_fn(model)}
     info["wall_seconds"] = round(time.perf_counter() - start, 2)
     store.save(key, model, info)
-    return StoredTeacher(key, model, info)
+    return StoredTeacher(key, model, info, trained_now=True)

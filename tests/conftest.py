@@ -39,3 +39,16 @@ def isolated_store(tmp_path_factory, monkeypatch):
     set_registry(None)
     yield
     set_registry(None)
+
+
+@pytest.fixture(scope="session")
+def packaged_cache(tmp_path_factory) -> Path:
+    """One assembled all-mpnet-base-v2 for the session, shared by every test that needs it
+    (assembling costs seconds and 440 MB)."""
+    from bench import packaged
+
+    cache = tmp_path_factory.getbasetemp() / "packaged-models"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENCH_CACHE_DIR", str(cache))
+        packaged.model_dir("all-mpnet-base-v2")
+    return cache

@@ -169,3 +169,31 @@ def test_train_ratio_keeps_the_first_rows_and_is_recorded(tmp_path, data_dir, ca
     with pytest.raises(SystemExit) as exit_info:  # argparse: usage, then the reason
         main(argv + ["--train-ratio", "1.5"])
     assert exit_info.value.code == 2
+
+
+def test_kd_with_a_teacher_of_another_vocabulary(tmp_path, data_dir, packaged_cache, monkeypatch):
+    """A teacher with all-mpnet-base-v2's tokenizer (ids shifted, <s> </s> <pad>) and a BERT-vocab
+    student: data is tokenised once by the student; the teacher is fine-tuned and queried on the
+    mapped ids, and its key records that."""
+    from dataclasses import replace
+
+    from transformers import AutoModel, AutoTokenizer, MPNetConfig
+
+    import bench.presets
+    from bench.models import ModelSpec
+    from bench.packaged import model_dir
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(packaged_cache))
+    tiny = tmp_path / "tiny-mpnet"
+    AutoModel.from_config(MPNetConfig(vocab_size=30527, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=64)).save_pretrained(tiny)
+    AutoTokenizer.from_pretrained(model_dir("all-mpnet-base-v2")).save_pretrained(tiny)
+    preset = replace(bench.presets.PRESETS["smoke"], name="smoke-mpnet", teacher=ModelSpec(f"path:{tiny}"))
+    monkeypatch.setitem(bench.presets.PRESETS, "smoke-mpnet", preset)
+    assert main(["run", "--methods", "kd", "--suite", "mnli", "--preset", "smoke-mpnet", "--domains", "travel",
+                 "--results-dir", str(tmp_path / "r"), "--data-dir", str(data_dir)]) == 0
+    record = read_all(tmp_path / "r")["mnli/smoke-mpnet/kd/travel/seed1.json"]
+    assert record["teacher"]["ref"] == f"path:{tiny}"
+    stored = json.loads((packaged_cache / "teachers" / record["teacher"]["key"] / "teacher.json").read_text())
+    assert stored["identity"]["input_vocab"]["specials"]["cls"] == ["[CLS]", "<s>"]
+    assert 0.0 <= record["metrics"]["accuracy"] <= 1.0

@@ -152,3 +152,28 @@ def test_the_real_subset_splits_as_the_issue_states(data_dir):
     rows = {r["domain"]: r for r in stats(mnli.SUITE, cfg(data_dir))}
     assert {d: (r["train"], r["dev"], r["test"]) for d, r in rows.items()} == EXPECTED
     assert all(r["dropped no consensus"] == 0 and r["skipped bad rows"] == 0 for r in rows.values())
+
+
+def test_hub_download_writes_jsonl_the_loader_reads(tmp_path, monkeypatch):
+    """`data prepare` online: nyu-mll/multi_nli (label -1: no consensus) becomes the jsonl files."""
+    import datasets
+
+    def hub_split(n):
+        return datasets.Dataset.from_dict({
+            "premise": [f"p{i}" for i in range(n)], "hypothesis": [f"h{i}" for i in range(n)],
+            "label": [(i % 4) - 1 for i in range(n)], "genre": [mnli.DOMAINS[i % 5] for i in range(n)]})
+
+    asked = []
+
+    def fake_load_dataset(name):
+        asked.append(name)
+        return datasets.DatasetDict({"train": hub_split(100), "validation_matched": hub_split(40)})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    from bench.datadir import prepare
+
+    assert prepare([mnli.SUITE], tmp_path, None) == [f"mnli: downloaded from the hub to {tmp_path / 'mnli'}"]
+    assert asked == ["nyu-mll/multi_nli"]
+    train = mnli.load("fiction", "train", cfg(tmp_path))
+    assert train["text_a"][:2] == ["p5", "p10"]  # fiction rows 0, 5, 10: row 0 has label -1, dropped
+    assert mnli.audit("fiction", cfg(tmp_path))["dropped_no_consensus"] == 5 + 2

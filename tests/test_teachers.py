@@ -1,0 +1,58 @@
+"""The teacher store through the CLI: train, list, reuse, remove; and the dry-run plan."""
+
+import logging
+
+import pytest
+
+import bench.models
+from bench.cli import main
+
+
+def test_teacher_train_ls_reuse_rm(tmp_path, data_dir, capsys, caplog):
+    argv = ["teacher", "train", "--suite", "amazon", "--preset", "smoke", "--domains", "books,dvd",
+            "--data-dir", str(data_dir)]
+    assert main(argv) == 0
+    trained = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in trained] == ["books", "dvd"]
+    keys = [line.split()[2] for line in trained]
+
+    assert main(["teacher", "ls"]) == 0
+    listing = capsys.readouterr().out
+    assert all(k in listing for k in keys) and "random:tiny" in listing
+
+    caplog.set_level(logging.INFO)
+    assert main(argv) == 0
+    assert caplog.text.count("reusing teacher") == 2 and "training teacher" not in caplog.text
+    assert capsys.readouterr().out.splitlines() == trained  # the same keys and accuracies
+
+    assert main(["teacher", "rm", keys[0][:8]]) == 0
+    assert f"removed teacher {keys[0]}" in capsys.readouterr().out
+    assert main(["teacher", "ls"]) == 0
+    listing = capsys.readouterr().out
+    assert keys[0] not in listing and keys[1] in listing
+    assert main(["teacher", "rm", "zzzz"]) == 2
+    assert "no stored teacher with a key starting 'zzzz'" in capsys.readouterr().err
+
+
+def test_dry_run_plans_without_loading_any_model(tmp_path, data_dir, capsys, monkeypatch):
+    def no_models(ref):
+        raise AssertionError(f"the plan must not resolve {ref}")
+
+    monkeypatch.setattr(bench.models, "resolve_dir", no_models)
+    assert main(["run", "--preset", "paper", "--dry-run", "--methods", "kd,finetune", "--suite", "mnli",
+                 "--domains", "fiction", "--results-dir", str(tmp_path), "--data-dir", str(data_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("preset paper: teacher hf:bert-base-uncased, "
+                        "student hf:huawei-noah/TinyBERT_General_4L_312D")
+    assert lines[1] == f"2 run(s) to do, 0 already in {tmp_path}"
+    assert lines[2].startswith("fiction: teacher ") and lines[2].endswith("to train (10356 examples)")  # 3 x 3452
+    assert lines[3] == "fiction: kd seed 1: 34520 examples (+ teacher forwards)"  # 10 epochs x 3452
+    assert lines[4] == "fiction: finetune seed 1: 34520 examples"
+    assert lines[-1] == f"examples to process in all: {10356 + 2 * 34520}"
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "cpu-base", "paper"])
+def test_every_preset_is_listed_with_its_models(preset, capsys):
+    assert main(["ls", "presets"]) == 0
+    assert preset in capsys.readouterr().out

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from bench.errors import unknown_name
+from bench.errors import BenchError, unknown_name
 
 if TYPE_CHECKING:
     import datasets
@@ -131,11 +131,22 @@ class Distiller:
 
     @classmethod
     def make_options(cls, values: Mapping[str, Any]) -> Any:
-        known = {f.name for f in dataclasses.fields(cls.Options)}
-        for key in values:
-            if key not in known:
-                raise unknown_name(f"option of {cls.name}:", key, known)
-        return cls.Options(**values)
+        """The method's Options from user values: unknown names and values of the wrong type
+        (judged by the default's type; an int is a fine float) are refused here, not mid-run."""
+        fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+        checked = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise unknown_name(f"option of {cls.name}:", key, fields)
+            default = fields[key].default
+            want = type(default) if default is not dataclasses.MISSING and default is not None else None
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if want is not None and not isinstance(value, want):
+                raise BenchError(f"{cls.name} option {key} must be a {want.__name__}, got {value!r}",
+                                 f"give e.g. {cls.name}.{key}={default!r}")
+            checked[key] = value
+        return cls.Options(**checked)
 
     def extra_modules(self, teacher_config: Any, student_config: Any) -> nn.Module | None:
         """Training-only modules (projections, graphs): trained with the student, never counted

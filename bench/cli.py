@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bench.errors import BenchError
 from bench.results import DEFAULT_RESULTS_DIR
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-bad-rows", action="store_true",
                      help="skip and count malformed rows instead of stopping at the first")
     run.add_argument("--overwrite", action="store_true", help="redo runs whose result exists")
+    run.add_argument("--option", dest="options", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                     help="a method option, e.g. kd.temperature=4 (repeatable; values as JSON, else text)")
     run.add_argument("--dry-run", action="store_true",
                      help="print the plan (teachers to train or reuse, runs, examples) and stop")
 
@@ -104,6 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_options(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`["kd.temperature=4", "tinybert.layer_map=[2,4]"]` -> {"kd": {"temperature": 4}, ...}."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, sep, raw = item.partition("=")
+        method, dot, key = target.partition(".")
+        if not sep or not dot or not key:
+            raise BenchError(f"option {item!r} is not METHOD.KEY=VALUE", "write e.g. --option kd.temperature=4")
+        if method not in methods:
+            raise BenchError(f"option {item!r} names method {method!r}, which this run does not include",
+                             f"the methods of this run: {', '.join(methods)}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(method, {})[key] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
 def make_grid(args, registry, methods: Sequence[str]):
     """The grid a `run` or `teacher train` names, checked before anything trains."""
     from bench.api import DataConfig
@@ -120,7 +143,8 @@ def make_grid(args, registry, methods: Sequence[str]):
     return Grid(suite=suite, preset=preset, methods=distillers, domains=domains,
                 seeds=getattr(args, "seeds", None) or list(preset.seeds), data=data,
                 results_dir=getattr(args, "results_dir", DEFAULT_RESULTS_DIR), train_ratio=args.train_ratio,
-                overwrite=getattr(args, "overwrite", False))
+                overwrite=getattr(args, "overwrite", False),
+                method_options=parse_options(getattr(args, "options", []), methods))
 
 
 def cmd_run(args) -> int:
@@ -138,10 +162,12 @@ def cmd_run(args) -> int:
         return 0
     written = runner.run()
     log.info("%d result file(s) written under %s", len(written), args.results_dir)
+    labels = [grid.label(m) for m in grid.methods]
     records = [r for r in iter_results(args.results_dir)
                if r["suite"]["name"] == suite.name and r["preset"] == preset.name
-               and r["suite"]["train_ratio"] == args.train_ratio and r["method"]["name"] in args.methods]
-    print(build_report(records, suite.name, {suite.name: suite.domains}, method_order=args.methods))
+               and r["suite"]["train_ratio"] == args.train_ratio
+               and r["method"].get("label", r["method"]["name"]) in labels]
+    print(build_report(records, suite.name, {suite.name: suite.domains}, method_order=labels))
     return 0
 
 

@@ -148,6 +148,8 @@ def build_tables(records: Iterable[dict[str, Any]], suite: str | None, domain_or
         if df.empty:
             raise BenchError(f"no results for suite {suite!r}", "check --suite, or run that suite first")
     df = _with_columns(df, metric)
+    if "method.label" in df:  # a method run with user options is its own row: kd[temperature=4]
+        df["method.name"] = df["method.label"].fillna(df["method.name"])
     tables = []
     for (suite_name, ratio, preset), sub in df.groupby(["suite.name", "suite.train_ratio", "preset"], sort=True):
         domains = [d for d in domain_orders.get(suite_name) or [] if d in set(sub["suite.domain"])]

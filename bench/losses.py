@@ -118,3 +118,36 @@ def fit_layer_map(layer_map: Sequence[int], n_teacher: int, n_student: int, meth
             f"{n_student}-layer student",
             f"give at most {n_student} increasing teacher layers, each between 1 and {n_teacher}")
     return layers
+
+
+def layer_per_student_layer(layer_map: Sequence[int] | None, n_teacher: int, n_student: int,
+                            method: str) -> tuple[int, ...]:
+    """The teacher layer of each student layer 1..M (TinyBERT, HRKD): the user's map, which must
+    name one per student layer, or else the uniform g(m) = m * N / M."""
+    if layer_map is None:
+        return uniform_layer_map(n_teacher, n_student, method)
+    layers = fit_layer_map(layer_map, n_teacher, n_student, method)
+    if len(layers) != n_student:
+        raise BenchError(
+            f"{method} layer_map {list(layers)} names {len(layers)} teacher layers for a {n_student}-layer student",
+            f"give one teacher layer per student layer: {n_student} increasing layers in 1..{n_teacher}")
+    return layers
+
+
+def check_same_heads(teacher_config, student_config, method: str) -> None:
+    """Attention maps are matched head by head (TinyBERT, HRKD): the head counts must agree."""
+    if teacher_config.num_attention_heads != student_config.num_attention_heads:
+        raise BenchError(
+            f"{method} matches attention maps head by head, but the teacher has "
+            f"{teacher_config.num_attention_heads} heads and the student {student_config.num_attention_heads}",
+            "pick a teacher and a student with the same number of attention heads")
+
+
+def make_projections(student_hidden: int, teacher_hidden: int, count: int, init_std: float) -> nn.ModuleList:
+    """`count` linear maps from the student's width to the teacher's, initialised as BERT's linears
+    (normal(0, init_std) weights, zero biases), as the TinyBERT and HRKD codes do (`fit_dense`)."""
+    projections = nn.ModuleList(nn.Linear(student_hidden, teacher_hidden) for _ in range(count))
+    for p in projections:
+        nn.init.normal_(p.weight, std=init_std)
+        nn.init.zeros_(p.bias)
+    return projections

@@ -59,16 +59,26 @@ def make_plugin_manager(load_entry_points: bool | None = None) -> pluggy.PluginM
         if wanted is None or module_name in wanted:
             pm.register(importlib.import_module(module_name), name=module_name)
     if load_entry_points:
+        loaded: dict[str, str] = {}  # entry-point name -> its target
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if (wanted is None or ep.name in wanted) and pm.get_plugin(ep.name) is None:
-                try:
-                    plugin = ep.load()
-                except Exception as exc:  # a broken third-party plugin names itself
-                    raise BenchError(
-                        f"plugin {ep.name!r} ({ep.value}) failed to import: {exc}",
-                        "fix or uninstall it, or leave it out with BENCH_LOAD_PLUGINS",
-                    ) from exc
-                pm.register(plugin, name=ep.name)
+            if wanted is not None and ep.name not in wanted:
+                continue
+            if ep.name in loaded or pm.get_plugin(ep.name) is not None:
+                if loaded.get(ep.name) == ep.value:  # one distribution seen twice on sys.path
+                    continue
+                raise BenchError(f"two plugins are named {ep.name!r}: {loaded.get(ep.name, ep.name)} and {ep.value}",
+                                 "uninstall one of them, or pick one with BENCH_LOAD_PLUGINS")
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken third-party plugin names itself
+                raise BenchError(
+                    f"plugin {ep.name!r} ({ep.value}) failed to import: {exc}",
+                    "fix or uninstall it, or leave it out with BENCH_LOAD_PLUGINS",
+                ) from exc
+            pm.register(plugin, name=ep.name)
+            loaded[ep.name] = ep.value
+            if ep.dist is not None:
+                _ENTRY_POINT_VERSIONS[ep.name] = ep.dist.version
     pm.check_pending()
     return pm
 
@@ -156,8 +166,13 @@ def set_registry(registry: Registry | None) -> None:
     _registry = registry
 
 
+_ENTRY_POINT_VERSIONS: dict[str, str] = {}  # plugins loaded from entry points: their distribution's version
+
+
 def plugin_version(plugin_name: str) -> str | None:
-    """The version of the distribution a plugin module comes from, when it can be told."""
+    """The version of the distribution a plugin comes from, when it can be told."""
+    if plugin_name in _ENTRY_POINT_VERSIONS:
+        return _ENTRY_POINT_VERSIONS[plugin_name]
     top = plugin_name.split(".")[0]
     dists = metadata.packages_distributions().get(top) or [top]
     try:

@@ -175,23 +175,34 @@ def _with_columns(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 def _measured_rows(df: pd.DataFrame, domains: list[str], metric: str,
                    method_order: Sequence[str] | None) -> list[Row]:
     """The teacher, then `method_order`, then any other method alphabetically."""
-    rows = [r for r in [_teacher_row(df, domains, metric)] if r is not None]
+    rows = _teacher_rows(df, domains, metric)
     present = set(df["method.name"])
     methods = [m for m in method_order or [] if m in present] + sorted(present - set(method_order or []))
     return rows + [_method_row(m, df[df["method.name"] == m], domains, metric) for m in methods]
 
 
-def _teacher_row(df: pd.DataFrame, domains: list[str], metric: str) -> Row | None:
-    teachers = df.dropna(subset=["teacher.key"]).drop_duplicates("teacher.key")
-    if teachers.empty:
-        return None
+def _teacher_rows(df: pd.DataFrame, domains: list[str], metric: str) -> list[Row]:
+    """One teacher row per teacher kind the methods used ("teacher" when there is one kind): a
+    multi teacher serves every domain under one key, so rows are told apart by (key, domain)."""
+    with_teacher = df.dropna(subset=["teacher.key"])
+    if with_teacher.empty:
+        return []
+    kinds = with_teacher["teacher.kind"].fillna("single") if "teacher.kind" in with_teacher else \
+        pd.Series("single", index=with_teacher.index)
+    names = sorted(set(kinds))
+    return [_teacher_row(with_teacher[kinds == kind], domains, metric,
+                         TEACHER_ROW if len(names) == 1 else f"{TEACHER_ROW} ({kind})") for kind in names]
+
+
+def _teacher_row(df: pd.DataFrame, domains: list[str], metric: str, name: str) -> Row:
+    teachers = df.drop_duplicates(["teacher.key", "suite.domain"])
     column = f"teacher.test_{metric}"
     per_domain = {d: teachers.loc[teachers["suite.domain"] == d, column].dropna().tolist() for d in domains}
     complete = all(len(v) == 1 for v in per_domain.values())
     average = [sum(v[0] for v in per_domain.values()) / len(domains)] if complete else []
     # every run timed the teacher again, in its own process: take the median of all of them
     latency = _median(df, TEACHER_LATENCY)
-    return Row(TEACHER_ROW, is_teacher=True,
+    return Row(name, is_teacher=True,
                scores={**{d: Stat.of(v) for d, v in per_domain.items()}, "avg": Stat.of(average)},
                params=_largest(teachers, "teacher.params.total"),
                non_embedding=_largest(teachers, "teacher.params.non_embedding"),

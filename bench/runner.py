@@ -1,9 +1,10 @@
 """A grid of runs: every (method, domain, seed) of one suite under one preset.
 
-For each domain the data is loaded and tokenised once; the teacher comes from the store
-(trained there on first use); each run trains a student, tests the best-on-dev checkpoint,
-computes the metrics and writes one result file. Runs whose result file exists are skipped
-unless `overwrite`.
+Each domain's data is loaded and tokenised once; teachers come from the store (trained there
+on first use). A per-domain ("single") student is trained, tested on its best-on-dev checkpoint
+and written as one result; a student of kind "mix" or "multi" is trained once on all the grid's
+domains and gives one result per domain (multi: each domain's own best-on-dev checkpoint).
+Runs whose result file exists are skipped unless `overwrite`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any
 import torch
 
 from bench import __version__
-from bench.api import DataConfig, Distiller, EvalContext, SuiteSpec
-from bench.data import make_loader, tokenize
+from bench.api import STUDENT_KINDS, TEACHER_KINDS, DataConfig, Distiller, EvalContext, SuiteSpec
+from bench.data import MultiDomainLoader, make_loader, tokenize
 from bench.errors import BenchError
 from bench.measure import measure_latency, param_counts
 from bench.models import build_classifier, load_config, load_tokenizer
@@ -28,7 +29,7 @@ from bench.plugins import Registry, plugin_version
 from bench.presets import Preset
 from bench.results import SCHEMA_VERSION, RunKey, git_state, machine_info, now_utc, write_result
 from bench.teachers import StoredTeacher, TeacherStore, get_or_train_teacher, teacher_key
-from bench.train import FitResult, TrainConfig, accuracy, fit, make_accelerator, predict
+from bench.train import FitResult, Selection, TrainConfig, accuracy, fit, make_accelerator, predict
 from bench.vocab import MappedTeacher, VocabMap, align
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,21 @@ class Grid:
             raise BenchError(f"train ratio {self.train_ratio} is not in (0, 1]",
                              "give the fraction of each domain's training rows to keep, e.g. 0.1")
         for m in self.methods:
-            if m.teacher_kind not in (None, "single") or m.student_kind != "single":
-                raise BenchError(
-                    f"method {m.name!r} needs a {m.teacher_kind} teacher and a {m.student_kind} student; "
-                    "this harness version trains single-domain ones only",
-                    "run it with a kd-bench that supports multi-domain teachers and students")
+            d = self.distiller(m)
+            if d.teacher_kind not in TEACHER_KINDS or d.student_kind not in STUDENT_KINDS:
+                raise BenchError(f"method {m.name!r} asks for a {d.teacher_kind!r} teacher and a "
+                                 f"{d.student_kind!r} student",
+                                 f"teacher kinds: {TEACHER_KINDS}; student kinds: {STUDENT_KINDS}")
+            if d.student_kind == "mix" and d.teacher_kind in ("single", "multi"):
+                raise BenchError(f"method {m.name!r}: a mix student sees every domain in one batch, so it "
+                                 f"cannot have one {d.teacher_kind} teacher per domain",
+                                 "give it a mix teacher (or none), or make the student multi")
+
+    def distiller(self, method: type[Distiller]) -> Distiller:
+        """A fresh instance with the user's options and the grid's domains."""
+        distiller = method(self.method_options.get(method.name))
+        distiller.domains = tuple(self.domains)
+        return distiller
 
     def label(self, method: type[Distiller]) -> str:
         """How results name a method: `kd`, or with the options the user gave, `kd[temperature=4]`,
@@ -73,9 +84,10 @@ class Grid:
 
 @dataclass
 class Trained:
-    """A training's figures and the selected checkpoint's test predictions."""
+    """A training's figures, and one domain's selected checkpoint with its test predictions."""
 
     fit: FitResult
+    selection: Selection
     test_preds: list[int]
     test_golds: list[int]
 
@@ -130,7 +142,7 @@ def load_domain(suite: SuiteSpec, domain: str, preset: Preset, data: DataConfig,
 
 
 def teacher_identity(grid: Grid, domain: str, data: DomainData) -> dict[str, Any]:
-    """Everything a teacher depends on; its hash is the teacher's key in the store."""
+    """Everything a single-domain teacher depends on; its hash is the teacher's key in the store."""
     p = grid.preset
     return {
         "model": {"ref": p.teacher.ref, "init": p.teacher.init, "layers": p.teacher.layers},
@@ -147,6 +159,25 @@ def teacher_identity(grid: Grid, domain: str, data: DomainData) -> dict[str, Any
     }
 
 
+def joint_teacher_identity(grid: Grid, kind: str, data: dict[str, DomainData]) -> dict[str, Any]:
+    """Everything a teacher trained on all the grid's domains at once (mix, multi) depends on."""
+    p = grid.preset
+    return {
+        "model": {"ref": p.teacher.ref, "init": p.teacher.init, "layers": p.teacher.layers},
+        "suite": grid.suite.name,
+        "suite_version": grid.suite.version,
+        "domains": list(data),
+        "data_fingerprints": {d: dd.fingerprint for d, dd in data.items()},
+        "train_ratio": grid.train_ratio,
+        "sizes": {d: dd.sizes for d, dd in data.items()},
+        "max_len": p.max_len,
+        "kind": kind,
+        "heads": len(grid.suite.domains) if kind == "multi" else 1,
+        "train": p.teacher_train.to_dict(),
+        "seed": p.teacher_seed,
+    }
+
+
 class Runner:
     def __init__(self, grid: Grid, registry: Registry):
         self.grid = grid
@@ -155,6 +186,14 @@ class Runner:
         self.store = TeacherStore()
         self.machine = machine_info(registry.pm, world_size=self.accelerator.num_processes)
         self._teacher_timing: dict[str, Any] | None = None
+        self._data: dict[str, DomainData] = {}
+        self._teachers: dict[tuple[str, str], StoredTeacher] = {}  # (kind, domain) -> teacher
+
+    def data(self, domain: str) -> DomainData:
+        if domain not in self._data:
+            g = self.grid
+            self._data[domain] = load_domain(g.suite, domain, g.preset, g.data, g.train_ratio)
+        return self._data[domain]
 
     def pending(self) -> list[tuple[RunKey, type[Distiller]]]:
         out = []
@@ -172,8 +211,8 @@ class Runner:
         p = self.grid.preset
         teacher_config, student_config = load_config(p.teacher), load_config(p.student)
         for method in methods:
-            distiller = method(self.grid.method_options.get(method.name))
-            distiller.extra_modules(teacher_config if method.teacher_kind else None, student_config)
+            distiller = self.grid.distiller(method)
+            distiller.extra_modules(teacher_config if distiller.teacher_kind else None, student_config)
 
     def run(self) -> list[Path]:
         g = self.grid
@@ -182,23 +221,33 @@ class Runner:
             return []
         self.check_methods(list(dict.fromkeys(m for _, m in todo)))
         written = []
-        for domain in g.domains:
-            runs = [(k, m) for k, m in todo if k.domain == domain]
-            if not runs:
-                continue
-            data = load_domain(g.suite, domain, g.preset, g.data, g.train_ratio)
-            teacher = None
-            for key, method in runs:
-                if method.teacher_kind and teacher is None:
-                    teacher = self.teacher(domain, data)
-                record = self.run_one(key, method, data, teacher if method.teacher_kind else None)
-                path = key.path(g.results_dir)
-                write_result(path, record)
-                self.registry.pm.hook.bench_run_finished(result=record)
-                log.info("%s on %s/%s seed %d: accuracy %.4f -> %s", key.method, key.suite, key.domain,
-                         key.seed, record["metrics"].get("accuracy", float("nan")), path)
-                written.append(path)
+        joint: dict[tuple[type[Distiller], int], list[RunKey]] = {}
+        for domain in g.domains:  # per-domain students, domain after domain
+            for key, method in todo:
+                if key.domain != domain:
+                    continue
+                distiller = g.distiller(method)
+                if distiller.student_kind != "single":
+                    joint.setdefault((method, key.seed), []).append(key)
+                    continue
+                teacher = self.teachers(distiller.teacher_kind, [domain])[domain] if distiller.teacher_kind else None
+                written.append(self.write(key, self.run_one(key, distiller, teacher)))
+        for (method, seed), pending in joint.items():  # one training gives every domain's result
+            records = self.run_joint(method, seed)
+            for key, _ in g.keys():
+                if key.method == g.label(method) and key.seed == seed:
+                    if key not in pending:
+                        log.info("rewriting %s: trained together with the pending domains", key.path(g.results_dir))
+                    written.append(self.write(key, records[key.domain]))
         return written
+
+    def write(self, key: RunKey, record: dict[str, Any]) -> Path:
+        path = key.path(self.grid.results_dir)
+        write_result(path, record)
+        self.registry.pm.hook.bench_run_finished(result=record)
+        log.info("%s on %s/%s seed %d: accuracy %.4f -> %s", key.method, key.suite, key.domain,
+                 key.seed, record["metrics"].get("accuracy", float("nan")), path)
+        return path
 
     @functools.cached_property
     def student_tokenizer(self):
@@ -223,52 +272,116 @@ class Runner:
         lines = [f"preset {p.name}: teacher {p.teacher.describe()}, student {p.student.describe()}",
                  f"{len(todo)} run(s) to do, {len(g.keys()) - len(todo)} already in {g.results_dir}"]
         total = 0
-        for domain in g.domains:
-            runs = [(k, m) for k, m in todo if k.domain == domain]
-            if not runs:
+        planned_teachers: set[str] = set()
+
+        def plan_teacher(kind: str, domains: list[str]) -> None:
+            nonlocal total
+            if kind == "single":
+                key = teacher_key(teacher_identity(g, domains[0], self.data(domains[0])))
+            else:
+                key = teacher_key(joint_teacher_identity(g, kind, {d: self.data(d) for d in g.domains}))
+            if key in planned_teachers:
+                return
+            planned_teachers.add(key)
+            stored = (self.store.path(key) / "teacher.json").is_file()
+            examples = 0 if stored else p.teacher_train.epochs * self.epoch_examples(kind, domains)
+            total += examples
+            where = domains[0] if kind == "single" else ",".join(g.domains)
+            lines.append(f"{where}: {'' if kind == 'single' else kind + ' '}teacher {key} "
+                         + ("reused from the store" if stored else f"to train ({examples} examples)"))
+
+        joint_done: set[tuple[str, int]] = set()
+        for key, method in todo:
+            distiller = g.distiller(method)
+            kind = distiller.student_kind
+            if kind != "single" and (key.method, key.seed) in joint_done:
                 continue
-            data = load_domain(g.suite, domain, g.preset, g.data, g.train_ratio)
-            n_train = data.sizes["train"]
-            if any(m.teacher_kind for _, m in runs):
-                key = teacher_key(teacher_identity(g, domain, data))
-                stored = (self.store.path(key) / "teacher.json").is_file()
-                examples = 0 if stored else p.teacher_train.epochs * n_train
-                total += examples
-                lines.append(f"{domain}: teacher {key} " + ("reused from the store" if stored else
-                             f"to train ({examples} examples)"))
-            for key, method in runs:
-                stages = method(g.method_options.get(method.name)).stages  # options may add stages
-                examples = len(stages) * p.student_train.epochs * n_train
-                total += examples
-                lines.append(f"{domain}: {method.name} seed {key.seed}: {examples} examples"
-                             + (" (+ teacher forwards)" if method.teacher_kind else ""))
+            if distiller.teacher_kind:
+                plan_teacher(distiller.teacher_kind, [key.domain] if distiller.teacher_kind == "single" else g.domains)
+            domains = [key.domain] if kind == "single" else list(g.domains)
+            examples = len(distiller.stages) * p.student_train.epochs * self.epoch_examples(kind, domains)
+            total += examples
+            where = key.domain if kind == "single" else f"{','.join(g.domains)} ({kind} student)"
+            lines.append(f"{where}: {method.name} seed {key.seed}: {examples} examples"
+                         + (" (+ teacher forwards)" if distiller.teacher_kind else ""))
+            joint_done.add((key.method, key.seed))
         lines.append(f"examples to process in all: {total}")
         return lines
 
+    def epoch_examples(self, kind: str, domains: Sequence[str]) -> int:
+        """Rows one epoch trains on: a domain's; the union's (mix); the largest domain's times
+        the number of domains (multi: every step takes a sub-batch of each)."""
+        sizes = [self.data(d).sizes["train"] for d in domains]
+        return max(sizes) * len(sizes) if kind == "multi" else sum(sizes)
+
     # -- teachers -----------------------------------------------------------------------
-    def train_teachers(self) -> list[StoredTeacher]:
-        """The teachers of the grid's domains, trained where the store lacks them."""
-        g = self.grid
-        return [self.teacher(d, load_domain(g.suite, d, g.preset, g.data, g.train_ratio)) for d in g.domains]
+    def train_teachers(self, kind: str = "single") -> list[StoredTeacher]:
+        """The grid's teachers of one kind, trained where the store lacks them; one per domain."""
+        return list(self.teachers(kind, self.grid.domains).values())
 
-    def teacher(self, domain: str, data: DomainData) -> StoredTeacher:
-        g, p = self.grid, self.grid.preset
-        identity = teacher_identity(g, domain, data)
+    def teachers(self, kind: str, domains: Sequence[str]) -> dict[str, StoredTeacher]:
+        """Each domain's teacher of `kind`: a single-domain teacher is trained per domain, a mix
+        or multi one on all the grid's domains at once."""
+        missing = [d for d in domains if (kind, d) not in self._teachers]
+        if kind == "single":
+            for d in missing:
+                self._teachers[(kind, d)] = self.single_teacher(d)
+        elif missing:
+            for d, t in self.joint_teacher(kind).items():
+                self._teachers[(kind, d)] = t
+        return {d: self._teachers[(kind, d)] for d in domains}
+
+    def _stored(self, identity: dict[str, Any], train) -> dict[str, StoredTeacher]:
         if self.vocab_map:  # trained on the student's tokenisation, mapped
-            identity["input_vocab"] = {"student": p.student.ref, "specials": self.vocab_map.specials}
+            identity["input_vocab"] = {"student": self.grid.preset.student.ref, "specials": self.vocab_map.specials}
+        stored = get_or_train_teacher(identity, len(self.grid.suite.labels), train, self.store)
+        for t in stored.values():
+            t.model.to(self.accelerator.device).eval()
+        return stored
 
-        def train(model) -> dict[str, Any]:
+    def single_teacher(self, domain: str) -> StoredTeacher:
+        p = self.grid.preset
+        data = self.data(domain)
+
+        def train(model):
             view = self.teacher_view(model)
             trained = self.train_and_test(
                 view, lambda b: {"ce": torch.nn.functional.cross_entropy(view(b).logits, b.labels)},
                 data, self.student_tokenizer, p.teacher_train, p.teacher_seed, f"teacher {domain}")
-            return {"dev_accuracy": trained.fit.best_dev_accuracy, "test_accuracy": trained.test_accuracy,
-                    "steps": trained.fit.steps, "selected_step": trained.fit.selected_step,
-                    "history": trained.fit.history}
+            return {"dev_accuracy": trained.selection.dev_accuracy, "test_accuracy": trained.test_accuracy,
+                    "steps": trained.fit.steps, "selected_step": trained.selection.step,
+                    "history": trained.fit.history}, None
 
-        stored = get_or_train_teacher(identity, len(g.suite.labels), train, self.store)
-        stored.model.to(self.accelerator.device).eval()
-        return stored
+        return self._stored(teacher_identity(self.grid, domain, data), train)[domain]
+
+    def joint_teacher(self, kind: str) -> dict[str, StoredTeacher]:
+        """A mix teacher (one model on the union) or a multi teacher (shared encoder, a head per
+        domain, trained on the plain sum of per-domain CE; each domain's best dev checkpoint)."""
+        g, p = self.grid, self.grid.preset
+        data = {d: self.data(d) for d in g.domains}
+
+        def train(model):
+            view = self.teacher_view(model)
+
+            def ce(batch):
+                if isinstance(batch, dict):
+                    return {"ce": sum(torch.nn.functional.cross_entropy(view(b).logits, b.labels)
+                                      for b in batch.values())}
+                return {"ce": torch.nn.functional.cross_entropy(view(batch).logits, batch.labels)}
+
+            trained = self.train_and_test_joint(view, ce, kind, p.teacher_train, p.teacher_seed, f"{kind} teacher")
+            per_domain = {d: {"dev_accuracy": t.selection.dev_accuracy, "test_accuracy": t.test_accuracy,
+                              "selected_step": t.selection.step} for d, t in trained.items()}
+            fit = next(iter(trained.values())).fit
+            info = {"dev_accuracy": _mean(v["dev_accuracy"] for v in per_domain.values()),
+                    "test_accuracy": _mean(v["test_accuracy"] for v in per_domain.values()),
+                    "steps": fit.steps, "history": fit.history, "domains": per_domain}
+            states = None
+            if kind == "multi":
+                states = {d: _inner_state(view, t.selection.state) for d, t in trained.items()}
+            return info, states
+
+        return self._stored(joint_teacher_identity(g, kind, data), train)
 
     def teacher_timing(self, teacher: StoredTeacher | None) -> dict[str, Any]:
         """The preset teacher's latency and parameters, measured once in this process (timing
@@ -282,9 +395,9 @@ class Runner:
                      self._teacher_timing["latency"][f"batch_{p.latency.batch_sizes[0]}"]["median_ms"])
         return self._teacher_timing
 
-    # -- one run ------------------------------------------------------------------------
+    # -- training -----------------------------------------------------------------------
     def train_and_test(self, model, compute_loss, data: DomainData, tokenizer, config: TrainConfig, seed: int,
-                       desc: str, extra_modules=None) -> Trained:
+                       desc: str, extra_modules=None, trace=None) -> Trained:
         from accelerate.utils import set_seed
 
         set_seed(seed)
@@ -299,49 +412,145 @@ class Runner:
             return accuracy(*predict(model, dev_loader, self.accelerator))
 
         result = fit(model, train_loader, compute_loss, dev_accuracy, config, self.accelerator,
-                     extra_modules=extra_modules, desc=desc)
-        return Trained(result, *predict(model, test_loader, self.accelerator))
+                     extra_modules=extra_modules, desc=desc, trace=trace)
+        return Trained(result, result.selection, *predict(model, test_loader, self.accelerator))
 
-    def run_one(self, key: RunKey, method: type[Distiller], data: DomainData,
-                teacher: StoredTeacher | None) -> dict[str, Any]:
+    def train_and_test_joint(self, model, compute_loss, kind: str, config: TrainConfig, seed: int, desc: str,
+                             extra_modules=None, trace=None) -> dict[str, Trained]:
+        """Train on all the grid's domains at once. multi: MultiDomainBatches of `batch_size`
+        rows per domain, each domain's best dev checkpoint kept and tested on that domain; mix:
+        batches of `batch_size` x domains rows from the shuffled union, one checkpoint selected
+        on the mean dev accuracy over domains."""
+        from accelerate.utils import set_seed
+        from datasets import concatenate_datasets
+
+        set_seed(seed)
+        tokenizer, domains = self.student_tokenizer, list(self.grid.domains)
+        pad = tokenizer.pad_token_id
+        data = {d: self.data(d) for d in domains}
+        if kind == "multi":
+            train_loader = MultiDomainLoader({
+                d: self.accelerator.prepare(make_loader(data[d].tokenized("train", tokenizer), config.batch_size,
+                                                        pad, shuffle=True, seed=seed + 1009 * i))
+                for i, d in enumerate(domains)})
+        else:
+            union = concatenate_datasets([data[d].tokenized("train", tokenizer) for d in domains])
+            train_loader = make_loader(union, config.batch_size * len(domains), pad, shuffle=True, seed=seed)
+        dev, test = ({d: self.accelerator.prepare(make_loader(data[d].tokenized(split, tokenizer), 64, pad,
+                                                              shuffle=False)) for d in domains}
+                     for split in ("dev", "test"))
+        model.to(self.accelerator.device)
+
+        def dev_accuracy() -> dict[str, float]:
+            return {d: accuracy(*predict(model, loader, self.accelerator)) for d, loader in dev.items()}
+
+        result = fit(model, train_loader, compute_loss, dev_accuracy, config, self.accelerator,
+                     extra_modules=extra_modules, desc=desc, trace=trace, select_on_mean=kind != "multi")
+        out = {}
+        for d in domains:
+            selection = result.selections[d] if kind == "multi" else result.selection
+            if kind == "multi":
+                model.load_state_dict(selection.state)
+            out[d] = Trained(result, selection, *predict(model, test[d], self.accelerator))
+        return out
+
+    # -- runs ---------------------------------------------------------------------------
+    def student_forward(self, distiller: Distiller, student, teachers: dict[str, StoredTeacher] | None):
+        """compute_loss(batch, stage) for the student's kind: each (sub-)batch through the student
+        and, without gradients, through its domain's teacher."""
+        needs = distiller.needs
+        views = {d: self.teacher_view(t.model) for d, t in teachers.items()} if teachers else None
+
+        def compute_loss(batch, stage):
+            if isinstance(batch, dict):
+                student_out = {d: student(b, needs) for d, b in batch.items()}
+                teacher_out = None
+                if views:
+                    with torch.no_grad():
+                        teacher_out = {d: views[d](b, needs) for d, b in batch.items()}
+                return distiller.multi_domain_loss(batch, student_out, teacher_out, stage)
+            teacher_out = None
+            if views:
+                with torch.no_grad():
+                    teacher_out = next(iter(views.values()))(batch, needs)  # one teacher: its domain's, or mix
+            return distiller.loss(batch, student(batch, needs), teacher_out, stage)
+
+        return compute_loss
+
+    def run_one(self, key: RunKey, distiller: Distiller, teacher: StoredTeacher | None) -> dict[str, Any]:
         from accelerate.utils import set_seed
 
         g, p = self.grid, self.grid.preset
-        distiller = method(g.method_options.get(method.name))
         set_seed(key.seed)
         student = build_classifier(p.student, len(g.suite.labels))
         extra = distiller.extra_modules(teacher.model.config if teacher else None, student.config)
-        needs = distiller.needs
-        teacher_model = self.teacher_view(teacher.model) if teacher else None
-
-        def compute_loss(batch, stage):
-            student_out = student(batch, needs)
-            teacher_out = None
-            if teacher_model is not None:
-                with torch.no_grad():
-                    teacher_out = teacher_model(batch, needs)
-            return distiller.loss(batch, student_out, teacher_out, stage)
+        compute_loss = self.student_forward(distiller, student, {key.domain: teacher} if teacher else None)
 
         start = time.perf_counter()
         stages = []
         for stage in distiller.stages:
             stages.append(self.train_and_test(
-                student, lambda b, stage=stage: compute_loss(b, stage), data, self.student_tokenizer,
+                student, lambda b, stage=stage: compute_loss(b, stage), self.data(key.domain), self.student_tokenizer,
                 p.student_train, key.seed,
                 f"{key.method} {key.domain} s{key.seed}" + (f" {stage}" if len(distiller.stages) > 1 else ""),
-                extra_modules=extra))
+                extra_modules=extra, trace=distiller.trace))
         train_seconds = time.perf_counter() - start
+        return self.record(key, distiller, stages, student, extra, teacher, train_seconds, [key.domain], {})
+
+    def run_joint(self, method: type[Distiller], seed: int) -> dict[str, dict[str, Any]]:
+        """Train one mix or multi student on all the grid's domains; one result per domain."""
+        from accelerate.utils import set_seed
+
+        g, p = self.grid, self.grid.preset
+        distiller = g.distiller(method)
+        kind = distiller.student_kind
+        teachers = self.teachers(distiller.teacher_kind, g.domains) if distiller.teacher_kind else None
+        set_seed(seed)
+        student = build_classifier(p.student, len(g.suite.labels), len(g.suite.domains) if kind == "multi" else 1)
+        teacher_config = next(iter(teachers.values())).model.config if teachers else None
+        extra = distiller.extra_modules(teacher_config, student.config)
+        compute_loss = self.student_forward(distiller, student, teachers)
+        label = g.label(method)
+
+        start = time.perf_counter()
+        stages = []
+        for stage in distiller.stages:
+            stages.append(self.train_and_test_joint(
+                student, lambda b, stage=stage: compute_loss(b, stage), kind, p.student_train, seed,
+                f"{label} {kind} s{seed}" + (f" {stage}" if len(distiller.stages) > 1 else ""),
+                extra_modules=extra, trace=distiller.trace))
+        train_seconds = time.perf_counter() - start
+        shared: dict[str, Any] = {}  # one architecture: its latency is measured once for all domains
+        records = {}
+        for domain in g.domains:
+            trained = [s[domain] for s in stages]
+            if trained[-1].selection.state is not None:
+                student.load_state_dict(trained[-1].selection.state)
+            key = RunKey(g.suite.name, p.name, label, domain, seed, g.train_ratio)
+            records[domain] = self.record(key, distiller, trained, student, extra,
+                                          teachers[domain] if teachers else None, train_seconds, list(g.domains),
+                                          shared)
+        return records
+
+    def record(self, key: RunKey, distiller: Distiller, stages: list[Trained], student, extra,
+               teacher: StoredTeacher | None, train_seconds: float, trained_on: list[str],
+               shared_cache: dict[str, Any]) -> dict[str, Any]:
+        """Test metrics of the student as it stands (the domain's selected checkpoint) and the
+        result record of one (method, domain, seed)."""
+        g, p = self.grid, self.grid.preset
+        data = self.data(key.domain)
+        method = type(distiller)
         fits = [t.fit for t in stages]
         preds, golds = stages[-1].test_preds, stages[-1].test_golds
 
         eval_start = time.perf_counter()
         timing = self.teacher_timing(teacher)
         ctx = EvalContext(g.suite, key.domain, preds, golds, student, extra, latency=p.latency,
-                          teacher_latency=timing["latency"], teacher_params=timing["params"])
+                          teacher_latency=timing["latency"], teacher_params=timing["params"], cache=shared_cache)
         metrics = {name: spec.compute(ctx) for name, spec in self.registry.metrics.items() if spec.default}
         eval_seconds = time.perf_counter() - eval_start
 
-        last = fits[-1]
+        selection = stages[-1].selection
         examples = sum(f.examples for f in fits)
         wall = sum(f.wall_seconds for f in fits)
         plugin = self.registry.owner("distiller", method.name)
@@ -356,11 +565,11 @@ class Runner:
             "machine": self.machine,
             "suite": {"name": g.suite.name, "version": g.suite.version, "domain": key.domain,
                       "train_ratio": g.train_ratio, "sizes": data.sizes, "fingerprint": data.fingerprint,
-                      "left_out": data.left_out},
+                      "left_out": data.left_out, "trained_on": trained_on},
             "method": {"name": method.name, "label": g.label(method), "plugin": plugin,
-                       "config": _jsonable(vars(distiller.options))},
+                       "config": _jsonable(vars(distiller.options)), "student_kind": distiller.student_kind},
             "teacher": None if teacher is None else {
-                "ref": p.teacher.ref, "key": teacher.key, "params": timing["params"],
+                "ref": p.teacher.ref, "key": teacher.key, "kind": distiller.teacher_kind, "params": timing["params"],
                 "latency": timing["latency"],
                 "dev_accuracy": teacher.info.get("dev_accuracy"),
                 "test_accuracy": teacher.info.get("test_accuracy"),
@@ -370,7 +579,7 @@ class Runner:
             "train": {**p.student_train.to_dict(), "max_len": p.max_len, "steps": sum(f.steps for f in fits),
                       "examples": examples, "wall_seconds": round(wall, 3),
                       "examples_per_second": round(examples / wall, 2) if wall else None,
-                      "selected_step": last.selected_step, "best_dev_accuracy": last.best_dev_accuracy,
+                      "selected_step": selection.step, "best_dev_accuracy": selection.dev_accuracy,
                       "history": [h for f in fits for h in f.history]},
             "metrics": metrics,
             # teacher time spent by this run: its training when it was trained for it, else 0
@@ -380,10 +589,21 @@ class Runner:
         }
 
 
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def _inner_state(view, state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint taken through a MappedTeacher, keyed as the bare model's."""
+    if not isinstance(view, MappedTeacher):
+        return state
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-

@@ -1,8 +1,10 @@
 """Teacher training and the content-addressed teacher store.
 
-A teacher is fine-tuned once per (model, suite, data fingerprint, domain, kind, training
+A teacher is fine-tuned once per (model, suite, data fingerprints, domains, kind, training
 configuration, seed) and stored under a key hashed from exactly those; every later run that
-needs the same teacher loads it instead of training it again.
+needs the same teacher loads it instead of training it again. A `single` or `mix` teacher is one
+model (`model.safetensors`); a `multi` teacher is one checkpoint per domain, the one with that
+domain's best dev accuracy (`model.<domain>.safetensors`), as HRKD's teachers are.
 """
 
 from __future__ import annotations
@@ -48,17 +50,20 @@ class TeacherStore:
     def path(self, key: str) -> Path:
         return self.root / key
 
-    def load(self, key: str, make_model) -> StoredTeacher | None:
+    def load(self, key: str, make_model) -> tuple[dict[str, Classifier], dict[str, Any]] | None:
+        """The stored models by name ("model", or each domain of a multi teacher) and the info."""
         from safetensors.torch import load_model
 
         folder = self.path(key)
         if not (folder / "teacher.json").is_file():
             return None
         info = json.loads((folder / "teacher.json").read_text())
-        model = make_model()
-        load_model(model, str(folder / "model.safetensors"))
-        model.eval()
-        return StoredTeacher(key, model, info)
+        models = {}
+        for file in sorted(folder.glob("model*.safetensors")):
+            model = make_model()
+            load_model(model, str(file))
+            models[file.name.removesuffix(".safetensors").removeprefix("model").lstrip(".") or "model"] = model.eval()
+        return models, info
 
     def entries(self) -> list[tuple[str, dict[str, Any]]]:
         """(key, info) of every stored teacher, sorted by key."""
@@ -76,13 +81,19 @@ class TeacherStore:
         shutil.rmtree(self.path(matches[0]))
         return matches[0]
 
-    def save(self, key: str, model: Classifier, info: dict[str, Any]) -> None:
+    def save(self, key: str, model: Classifier, info: dict[str, Any],
+             states: dict[str, dict[str, Any]] | None = None) -> None:
+        """`model`, or with `states` one checkpoint per domain (`model` gives their layout)."""
         from safetensors.torch import save_model
 
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root))
         try:
-            save_model(model, str(tmp / "model.safetensors"))
+            if states is None:
+                save_model(model, str(tmp / "model.safetensors"))
+            for domain, state in (states or {}).items():
+                model.load_state_dict(state)
+                save_model(model, str(tmp / f"model.{domain}.safetensors"))
             (tmp / "teacher.json").write_text(json.dumps(info, indent=2, sort_keys=True))
             target = self.path(key)
             if target.exists():  # another process stored it meanwhile: theirs is as good
@@ -95,27 +106,43 @@ class TeacherStore:
 
 
 def get_or_train_teacher(identity: dict[str, Any], num_labels: int, train_fn, store: TeacherStore,
-                         ) -> StoredTeacher:
-    """Load the teacher `identity` describes, or train it with `train_fn(model) -> info` and store it."""
+                         ) -> dict[str, StoredTeacher]:
+    """The teacher `identity` describes, per domain it serves: loaded from the store, or trained
+    with `train_fn(model) -> (info, states)` and stored. `states` is None when `model` ends with
+    the selected weights, or a multi teacher's checkpoint per domain. A domain's StoredTeacher
+    carries that domain's figures (info["domains"][domain]) at the top of its info."""
     from bench.models import ModelSpec
 
     key = teacher_key(identity)
     spec = ModelSpec(**identity["model"])
+    domains = identity.get("domains") or [identity["domain"]]
 
     def make_model() -> Classifier:
-        return build_classifier(spec, num_labels)
+        return build_classifier(spec, num_labels, identity.get("heads", 1))
 
-    stored = store.load(key, make_model)
-    if stored is not None:
-        log.info("reusing teacher %s (%s, %s)", key, spec.ref, identity["domain"])
-        return stored
-    log.info("training teacher %s (%s on %s/%s)", key, spec.ref, identity["suite"], identity["domain"])
+    def per_domain(models: dict[str, Classifier], info: dict[str, Any], trained_now: bool):
+        return {d: StoredTeacher(key, models.get(d, models.get("model")),
+                                 {**info, **info.get("domains", {}).get(d, {})}, trained_now) for d in domains}
+
+    loaded = store.load(key, make_model)
+    if loaded is not None:
+        log.info("reusing teacher %s (%s %s, %s)", key, identity["kind"], spec.ref, ",".join(domains))
+        return per_domain(*loaded, trained_now=False)
+    log.info("training teacher %s (%s %s on %s/%s)", key, identity["kind"], spec.ref, identity["suite"],
+             ",".join(domains))
     from accelerate.utils import set_seed
 
     set_seed(identity["seed"])  # the new head's init must not depend on what ran before
     model = make_model()
     start = time.perf_counter()
-    info = {"identity": identity, **train_fn(model)}
-    info["wall_seconds"] = round(time.perf_counter() - start, 2)
-    store.save(key, model, info)
-    return StoredTeacher(key, model, info, trained_now=True)
+    info, states = train_fn(model)
+    info = {"identity": identity, **info, "wall_seconds": round(time.perf_counter() - start, 2)}
+    store.save(key, model, info, states)
+    if states is None:
+        return per_domain({"model": model}, info, trained_now=True)
+    models = {}
+    for d, state in states.items():
+        models[d] = make_model()
+        models[d].load_state_dict(state)
+        models[d].eval()
+    return per_domain(models, info, trained_now=True)

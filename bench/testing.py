@@ -4,7 +4,8 @@
     check_distiller(MyKD)
 
 It builds tiny random models (a 4-layer teacher, a 2-layer student), runs each stage's loss on
-a padded batch and checks that every part is a finite scalar, that backward reaches the
+a padded batch (a "multi" student: `multi_domain_loss` on a MultiDomainBatch of two domains,
+each with its own teacher and head) and checks that every part is a finite scalar, that backward reaches the
 student, that one optimizer step changes it, that training-only modules stay out of the
 student's parameters, and that the loss needs no model output beyond the declared `needs`
 (the models fill only those). A failed check raises AssertionError saying which.
@@ -24,13 +25,24 @@ TEACHER = ModelSpec("random:tiny")
 STUDENT = ModelSpec("random:tiny", init="random", layers=(0, 1))
 
 
-def conformance_batch() -> Batch:
+DOMAINS = ("books", "dvd")
+
+
+def conformance_batch(domain_id: int = 0) -> Batch:
     """Three rows of different lengths (so padding is exercised), two labels, one domain."""
     ids = torch.tensor([[101, 2023, 3185, 2001, 2307, 102],
                         [101, 6659, 2143, 102, 0, 0],
                         [101, 1037, 2210, 102, 2200, 102]])
     types = torch.tensor([[0] * 6, [0] * 6, [0, 0, 0, 0, 1, 1]])
-    return Batch(ids, (ids != 0).long(), types, torch.tensor([1, 0, 1]), torch.zeros(3, dtype=torch.long))
+    return Batch(ids, (ids != 0).long(), types, torch.tensor([1, 0, 1]), torch.full((3,), domain_id))
+
+
+def conformance_multi_batch() -> dict[str, Batch]:
+    """A MultiDomainBatch of two domains whose sub-batches differ in length and labels."""
+    second = conformance_batch(1)
+    second = Batch(second.input_ids[:2, :5], second.attention_mask[:2, :5], second.token_type_ids[:2, :5],
+                   torch.tensor([0, 1]), second.domain_ids[:2])
+    return {DOMAINS[0]: conformance_batch(0), DOMAINS[1]: second}
 
 
 def check_distiller(distiller_cls: type[Distiller], options: Mapping[str, Any] | None = None,
@@ -39,27 +51,37 @@ def check_distiller(distiller_cls: type[Distiller], options: Mapping[str, Any] |
     name = distiller_cls.name
     assert distiller_cls.needs <= OUTPUTS, f"{name} needs unknown outputs {sorted(distiller_cls.needs - OUTPUTS)}"
     distiller = distiller_cls(options)
-    student_model = build_classifier(student, 2)
-    teacher_model = build_classifier(teacher, 2).eval() if distiller_cls.teacher_kind else None
+    distiller.domains = DOMAINS
+    multi = distiller.student_kind == "multi"
+    student_model = build_classifier(student, 2, len(DOMAINS) if multi else 1)
+    teachers = None
+    if distiller.teacher_kind:  # a multi teacher: one checkpoint per domain, two heads each
+        heads = len(DOMAINS) if distiller.teacher_kind == "multi" else 1
+        teachers = {d: build_classifier(teacher, 2, heads).eval() for d in DOMAINS}
+    teacher_model = teachers[DOMAINS[0]] if teachers else None
     extra = distiller.extra_modules(teacher_model.config if teacher_model else None, student_model.config)
     student_ids = {id(p) for p in student_model.parameters()}
     extra_params = list(extra.parameters()) if extra is not None else []
     assert not any(id(p) in student_ids for p in extra_params), \
         f"{name}: extra_modules share parameters with the student; they must be training-only"
 
-    batch = conformance_batch()
+    batch = conformance_multi_batch() if multi else conformance_batch()
     trained = list(student_model.parameters()) + extra_params
     for stage in distiller.stages:
         optimizer = torch.optim.SGD(trained, lr=0.1)
         before = [p.detach().clone() for p in student_model.parameters()]
         student_model.train()
-        student_out = student_model(batch, distiller.needs)
-        teacher_out = None
-        if teacher_model is not None:
-            with torch.no_grad():
-                teacher_out = teacher_model(batch, distiller.needs)
         try:
-            parts = distiller.loss(batch, student_out, teacher_out, stage)
+            if multi:
+                student_out = {d: student_model(b, distiller.needs) for d, b in batch.items()}
+                with torch.no_grad():
+                    teacher_out = {d: teachers[d](b, distiller.needs) for d, b in batch.items()} if teachers else None
+                parts = distiller.multi_domain_loss(batch, student_out, teacher_out, stage)
+            else:
+                student_out = student_model(batch, distiller.needs)
+                with torch.no_grad():
+                    teacher_out = teacher_model(batch, distiller.needs) if teacher_model else None
+                parts = distiller.loss(batch, student_out, teacher_out, stage)
         except (TypeError, AttributeError) as exc:  # e.g. indexing an output it did not declare
             raise AssertionError(f"{name} stage {stage!r}: the loss failed with outputs limited to its "
                                  f"declared needs {sorted(distiller.needs)}: {exc}") from exc

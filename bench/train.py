@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from bench.api import Batch
+from bench.api import Batch, MultiDomainBatch
+from bench.data import batch_examples
 from bench.models import clone_state
 
 log = logging.getLogger(__name__)
@@ -40,17 +41,40 @@ class TrainConfig:
 
 
 @dataclass
+class Selection:
+    """The best dev checkpoint under one selection key (a domain, or the mean over domains)."""
+
+    step: int
+    dev_accuracy: float
+    state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+
+@dataclass
 class FitResult:
     steps: int
     examples: int
     wall_seconds: float
-    selected_step: int
-    best_dev_accuracy: float
-    history: list[dict[str, float]] = field(default_factory=list)
+    selections: dict[str, Selection]
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def examples_per_second(self) -> float:
         return self.examples / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def selection(self) -> Selection:
+        """The one selection of a fit selected on a single dev figure."""
+        if len(self.selections) != 1:
+            raise ValueError(f"this fit kept {len(self.selections)} checkpoints; pick one of {sorted(self.selections)}")
+        return next(iter(self.selections.values()))
+
+    @property
+    def selected_step(self) -> int:
+        return self.selection.step
+
+    @property
+    def best_dev_accuracy(self) -> float:
+        return self.selection.dev_accuracy
 
 
 def make_accelerator():
@@ -72,19 +96,26 @@ def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict
 
 def fit(
     model: nn.Module,
-    train_loader: torch.utils.data.DataLoader,
-    compute_loss: Callable[[Batch], dict[str, torch.Tensor]],
-    evaluate: Callable[[], float],
+    train_loader: Iterable,
+    compute_loss: Callable[[Batch | MultiDomainBatch], dict[str, torch.Tensor]],
+    evaluate: Callable[[], float | dict[str, float]],
     config: TrainConfig,
     accelerator,
     extra_modules: nn.Module | None = None,
     desc: str = "train",
+    trace: Callable[[], dict[str, Any] | None] | None = None,
+    select_on_mean: bool = False,
 ) -> FitResult:
-    """Train `model` (and `extra_modules`) on `compute_loss`, keep the best dev checkpoint.
+    """Train `model` (and `extra_modules`) on `compute_loss`, keep the best dev checkpoints.
 
+    `train_loader` is a DataLoader (prepared here) or a MultiDomainLoader of prepared loaders.
     `compute_loss(batch)` returns named loss parts whose sum is minimised; `evaluate()`
-    returns dev accuracy of `model` (called in eval mode). At the end `model` holds the
-    weights of the step with the best dev accuracy (the earliest, on ties).
+    returns the dev accuracy of `model` (called in eval mode), or one per domain: then the
+    best checkpoint of each is kept (HRKD's multi-domain models). With one dev figure `model`
+    ends with the weights of its best step (the earliest, on ties); with several it keeps its
+    last weights, and `selections[key].state` holds each best. `trace()`, asked at each dev
+    evaluation, adds what a method wants recorded to that step's history. `select_on_mean`:
+    one checkpoint, the best on the mean of the dev figures (a model trained on the union).
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -97,14 +128,15 @@ def fit(
     optimizer = torch.optim.AdamW(param_groups(trained, config.weight_decay), lr=config.lr)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, math.ceil(config.warmup_ratio * total), max(total, 1))
-    model, optimizer, train_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if isinstance(train_loader, torch.utils.data.DataLoader):
+        train_loader = accelerator.prepare(train_loader)
     if extra_modules is not None:
         extra_modules = accelerator.prepare(extra_modules)
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
-    best_acc, best_step, best_state = -1.0, 0, None
-    history: list[dict[str, float]] = []
+    selections: dict[str, Selection] = {}
+    history: list[dict[str, Any]] = []
     step = examples = 0
     start = time.perf_counter()
     bar = tqdm(total=total, desc=desc, unit="step", disable=None, dynamic_ncols=True, leave=False)
@@ -121,32 +153,38 @@ def fit(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            examples += len(batch)
+            examples += batch_examples(batch)
             rate = examples / max(time.perf_counter() - start, 1e-9)
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.4f}", ex_s=f"{rate:.1f}", refresh=False)
             if step % eval_every == 0 or step == total:
                 for m in trained:
                     m.eval()
-                acc = evaluate()
-                history.append({"step": step, "loss": loss.item(), "dev_accuracy": acc,
-                                **{k: v.item() for k, v in parts.items()}})
+                dev = evaluate()
+                dev = dev if isinstance(dev, dict) else {"dev": dev}
+                acc = sum(dev.values()) / len(dev)
+                entry = {"step": step, "loss": loss.item(), "dev_accuracy": acc,
+                         **{k: v.item() for k, v in parts.items()}}
+                if len(dev) > 1:
+                    entry["dev"] = dict(dev)
+                if trace is not None and (traced := trace()) is not None:
+                    entry["trace"] = traced
+                history.append(entry)
                 log.info("%s: step %d/%d loss %.4f dev accuracy %.4f (%.1f ex/s)", desc, step, total,
                          loss.item(), acc, rate)
-                if acc > best_acc:
-                    best_acc, best_step = acc, step
-                    best_state = clone_state(accelerator.unwrap_model(model))
+                for key, value in ({"mean": acc} if select_on_mean else dev).items():
+                    if key not in selections or value > selections[key].dev_accuracy:
+                        selections[key] = Selection(step, value, clone_state(accelerator.unwrap_model(model)))
             if step >= total:
                 break
     bar.close()
     wall = time.perf_counter() - start
     accelerator.free_memory()  # drop the accelerator's references, or every run of a grid stays in memory
     unwrapped = accelerator.unwrap_model(model)
-    if best_state is not None:
-        unwrapped.load_state_dict(best_state)
+    if len(selections) == 1:
+        unwrapped.load_state_dict(next(iter(selections.values())).state)
     unwrapped.eval()
-    return FitResult(steps=step, examples=examples, wall_seconds=wall, selected_step=best_step,
-                     best_dev_accuracy=best_acc, history=history)
+    return FitResult(steps=step, examples=examples, wall_seconds=wall, selections=selections, history=history)
 
 
 @torch.no_grad()

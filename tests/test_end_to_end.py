@@ -39,7 +39,8 @@ def test_one_result_file_per_method_and_domain(smoke_run):
     kd = files["amazon/smoke/kd/books/seed1.json"]
     assert kd["suite"]["sizes"] == {"train": 48, "dev": 16, "test": 16}
     assert kd["method"] == {"name": "kd", "label": "kd", "plugin": "bench_plugins.distillers.kd",
-                            "config": {"temperature": 2.0, "alpha": 0.5}}
+                            "config": {"temperature": 2.0, "alpha": 0.5}, "student_kind": "single"}
+    assert kd["suite"]["trained_on"] == ["books"] and kd["teacher"]["kind"] == "single"
     assert kd["teacher"]["ref"] == "random:tiny" and len(kd["teacher"]["key"]) == 20
     assert 0.0 <= kd["metrics"]["accuracy"] <= 1.0
     assert kd["metrics"]["params"]["total"] > kd["metrics"]["params"]["non_embedding"] > 0

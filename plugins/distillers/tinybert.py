@@ -33,25 +33,16 @@ from bench.errors import BenchError
 from bench.hookspecs import hookimpl
 from bench.losses import (
     attention_score_mse,
-    fit_layer_map,
+    check_same_heads,
+    layer_per_student_layer,
+    make_projections,
     parse_layer_map,
     projected_hidden_mse,
     soft_cross_entropy,
-    uniform_layer_map,
 )
 
 ONE_STAGE = ("main",)
 TWO_STAGES = ("intermediate", "prediction")
-
-
-def make_projections(student_hidden: int, teacher_hidden: int, count: int, init_std: float) -> nn.ModuleList:
-    """`count` linear maps from the student's width to the teacher's, initialised as BERT's linears
-    (normal(0, init_std) weights, zero biases), as both reference codes do."""
-    projections = nn.ModuleList(nn.Linear(student_hidden, teacher_hidden) for _ in range(count))
-    for p in projections:
-        nn.init.normal_(p.weight, std=init_std)
-        nn.init.zeros_(p.bias)
-    return projections
 
 
 class TinyBERT(Distiller):
@@ -80,22 +71,10 @@ class TinyBERT(Distiller):
         self.projections: nn.ModuleList | None = None
 
     def extra_modules(self, teacher_config, student_config):
-        n_teacher, n_student = teacher_config.num_hidden_layers, student_config.num_hidden_layers
-        if teacher_config.num_attention_heads != student_config.num_attention_heads:
-            raise BenchError(
-                f"tinybert matches attention maps head by head, but the teacher has "
-                f"{teacher_config.num_attention_heads} heads and the student {student_config.num_attention_heads}",
-                "pick a teacher and a student with the same number of attention heads")
-        if self.options.layer_map is None:
-            self.teacher_layers = uniform_layer_map(n_teacher, n_student, "tinybert")
-        else:
-            self.teacher_layers = fit_layer_map(self.options.layer_map, n_teacher, n_student, "tinybert")
-            if len(self.teacher_layers) != n_student:
-                raise BenchError(
-                    f"tinybert layer_map {list(self.teacher_layers)} names {len(self.teacher_layers)} teacher "
-                    f"layers for a {n_student}-layer student",
-                    f"give one teacher layer per student layer: {n_student} increasing layers in 1..{n_teacher}")
-        count = 1 if self.options.shared_projection else n_student + 1
+        check_same_heads(teacher_config, student_config, "tinybert")
+        self.teacher_layers = layer_per_student_layer(self.options.layer_map, teacher_config.num_hidden_layers,
+                                                      student_config.num_hidden_layers, "tinybert")
+        count = 1 if self.options.shared_projection else student_config.num_hidden_layers + 1
         self.projections = make_projections(student_config.hidden_size, teacher_config.hidden_size, count,
                                             getattr(student_config, "initializer_range", 0.02))
         return self.projections

@@ -28,7 +28,7 @@ test: $(STAMP)
 	BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m pytest -q
 
 bench: $(STAMP)
-	BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods kd,finetune --suite amazon
+	BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods hrkd,kd,tinybert --suite mnli
 
 clean-venv:
 	rm -rf $(VENV)

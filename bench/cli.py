@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "params in millions), added as reported rows marked †")
     report.add_argument("--plots", default=None, metavar="DIR",
                         help="write <suite>-<preset>-accuracy-latency.png and -domains.png per table")
+    report.add_argument("--ratios", default=None, metavar="DIR",
+                        help="write a heatmap of the per-layer domain ratios (HRKD's) over training steps, "
+                             "one PNG per training that traced them")
     report.add_argument("--write", default=None, metavar="FILE",
                         help="also write the markdown tables as a page (with links to --plots)")
     return parser
@@ -289,6 +292,10 @@ def cmd_report(args) -> int:
 
         plots = write_plots(tables, args.plots)
     written = [p for paths in plots.values() for p in paths]
+    if args.ratios:
+        from bench.traces import write_ratio_plots
+
+        written += write_ratio_plots(iter_results(args.results_dir), args.ratios, args.suite)
     if args.write:
         # Plot links are relative to the results dir's parent (results/ for results/runs), where
         # the page is meant to sit: a page written elsewhere to compare is then byte-identical.

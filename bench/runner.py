@@ -10,6 +10,7 @@ Runs whose result file exists are skipped unless `overwrite`.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -70,12 +71,17 @@ class Grid:
         return distiller
 
     def label(self, method: type[Distiller]) -> str:
-        """How results name a method: `kd`, or with the options the user gave, `kd[temperature=4]`,
-        so runs with other options are other runs, stored and reported apart."""
-        options = self.method_options.get(method.name)
-        if not options:
+        """How results name a method: `kd`, or with the options that differ from its defaults,
+        `kd[temperature=4.0]`, so runs with other options are other runs, stored and reported
+        apart. Values are the checked ones (4 and 4.0 are one run; a default given is no option)."""
+        given = self.method_options.get(method.name)
+        if not given:
             return method.name
-        return f"{method.name}[{','.join(f'{k}={_jsonable(v)}' for k, v in sorted(options.items()))}]".replace(" ", "")
+        options, defaults = vars(method.make_options(given)), vars(method.Options())
+        changed = {k: options[k] for k in sorted(given) if options[k] != defaults[k]}
+        if not changed:
+            return method.name
+        return f"{method.name}[{','.join(f'{k}={json.dumps(_jsonable(v))}' for k, v in changed.items())}]"
 
     def keys(self) -> list[tuple[RunKey, type[Distiller]]]:
         return [(RunKey(self.suite.name, self.preset.name, self.label(m), d, s, self.train_ratio), m)

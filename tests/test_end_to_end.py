@@ -205,14 +205,16 @@ def test_method_options_make_their_own_runs_and_rows(tmp_path, data_dir, capsys)
             "--results-dir", str(tmp_path), "--data-dir", str(data_dir)]
     assert main(argv) == 0
     assert main(argv + ["--option", "kd.temperature=4", "--option", "kd.alpha=0.9"]) == 0
+    assert main(argv + ["--option", "kd.temperature=2"]) == 0  # the default: the plain kd run, skipped
     files = read_all(tmp_path)
-    tuned = files["amazon/smoke/kd[alpha=0.9,temperature=4]/books/seed1.json"]["method"]
+    assert len(files) == 2
+    tuned = files["amazon/smoke/kd[alpha=0.9,temperature=4.0]/books/seed1.json"]["method"]
     assert tuned["config"] == {"temperature": 4.0, "alpha": 0.9} and tuned["name"] == "kd"
     assert files["amazon/smoke/kd/books/seed1.json"]["method"]["config"] == {"temperature": 2.0, "alpha": 0.5}
     capsys.readouterr()
     assert main(["report", "--results-dir", str(tmp_path)]) == 0
     rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines()[4:] if line.startswith("|")]
-    assert rows == ["teacher", "kd", "kd[alpha=0.9,temperature=4]"]
+    assert rows == ["teacher", "kd", "kd[alpha=0.9,temperature=4.0]"]
 
 
 @pytest.mark.parametrize("option,message", [

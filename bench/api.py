@@ -213,7 +213,9 @@ class EvalContext:
     latency: Any = None  # bench.measure.LatencyConfig of the preset
     teacher_latency: dict[str, Any] | None = None  # the preset teacher's, measured in this process
     teacher_params: dict[str, int] | None = None
-    cache: dict[str, Any] = field(default_factory=dict)  # measurements metrics share within a run
+    # Measurements that depend on the student's architecture only (latency), shared by metrics and by
+    # every run of the same student in one process: cache there only what weights cannot change.
+    cache: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -194,6 +194,9 @@ class Runner:
         self._teacher_timing: dict[str, Any] | None = None
         self._data: dict[str, DomainData] = {}
         self._teachers: dict[tuple[str, str], StoredTeacher] = {}  # (kind, domain) -> teacher
+        # What metrics measured of the preset's student (its latency), by its number of heads: the
+        # timing depends on the architecture only, so each is measured once per process, not per run.
+        self._measured: dict[int, dict[str, Any]] = {}
 
     def data(self, domain: str) -> DomainData:
         if domain not in self._data:
@@ -501,7 +504,7 @@ class Runner:
                 f"{key.method} {key.domain} s{key.seed}" + (f" {stage}" if len(distiller.stages) > 1 else ""),
                 extra_modules=extra, trace=distiller.trace))
         train_seconds = time.perf_counter() - start
-        return self.record(key, distiller, stages, student, extra, teacher, train_seconds, [key.domain], {})
+        return self.record(key, distiller, stages, student, extra, teacher, train_seconds, [key.domain])
 
     def run_joint(self, method: type[Distiller], seed: int) -> dict[str, dict[str, Any]]:
         """Train one mix or multi student on all the grid's domains; one result per domain."""
@@ -526,7 +529,6 @@ class Runner:
                 f"{label} {kind} s{seed}" + (f" {stage}" if len(distiller.stages) > 1 else ""),
                 extra_modules=extra, trace=distiller.trace))
         train_seconds = time.perf_counter() - start
-        shared: dict[str, Any] = {}  # one architecture: its latency is measured once for all domains
         records = {}
         for domain in g.domains:
             trained = [s[domain] for s in stages]
@@ -534,13 +536,11 @@ class Runner:
                 student.load_state_dict(trained[-1].selection.state)
             key = RunKey(g.suite.name, p.name, label, domain, seed, g.train_ratio)
             records[domain] = self.record(key, distiller, trained, student, extra,
-                                          teachers[domain] if teachers else None, train_seconds, list(g.domains),
-                                          shared)
+                                          teachers[domain] if teachers else None, train_seconds, list(g.domains))
         return records
 
     def record(self, key: RunKey, distiller: Distiller, stages: list[Trained], student, extra,
-               teacher: StoredTeacher | None, train_seconds: float, trained_on: list[str],
-               shared_cache: dict[str, Any]) -> dict[str, Any]:
+               teacher: StoredTeacher | None, train_seconds: float, trained_on: list[str]) -> dict[str, Any]:
         """Test metrics of the student as it stands (the domain's selected checkpoint) and the
         result record of one (method, domain, seed)."""
         g, p = self.grid, self.grid.preset
@@ -552,7 +552,8 @@ class Runner:
         eval_start = time.perf_counter()
         timing = self.teacher_timing(teacher)
         ctx = EvalContext(g.suite, key.domain, preds, golds, student, extra, latency=p.latency,
-                          teacher_latency=timing["latency"], teacher_params=timing["params"], cache=shared_cache)
+                          teacher_latency=timing["latency"], teacher_params=timing["params"],
+                          cache=self._measured.setdefault(len(student.heads), {}))
         metrics = {name: spec.compute(ctx) for name, spec in self.registry.metrics.items() if spec.default}
         eval_seconds = time.perf_counter() - eval_start
 

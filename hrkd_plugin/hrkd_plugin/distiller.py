@@ -83,6 +83,12 @@ class HRKD(Distiller):
                 raise BenchError(f"hrkd graph_dropout {self.graph_dropout} or graph_heads {self.graph_heads} "
                                  "is out of range",
                                  "give a dropout in [0, 1) and at least one head (0.1 and 8 by default)")
+            if self.leaky_relu_slope < 0:
+                raise BenchError(f"hrkd leaky_relu_slope must be >= 0, got {self.leaky_relu_slope}",
+                                 "give the GAT's LeakyReLU slope (0.2 by default)")
+            if self.train_graph and self.detach_ratios:  # detached ratios leave the graph no gradient
+                raise BenchError("hrkd train_graph=true with detach_ratios=true would never train the graph",
+                                 "drop one of the two options")
             self.layer_map = parse_layer_map(self.layer_map, "hrkd")
 
     def __init__(self, options=None):

@@ -7,10 +7,10 @@ import json
 from importlib import metadata
 from types import SimpleNamespace
 
+import hrkd_plugin.distiller as hrkd_module
 import numpy as np
 import pytest
 import torch
-from hrkd_plugin import distiller as hrkd_module
 from hrkd_plugin.distiller import HRKD, HRKDNoGraph, HRKDNoHierarchy
 
 from bench.api import Batch, ModelOutputs
@@ -185,7 +185,7 @@ def assert_parts(parts, expected):
     assert set(parts) == set(expected)
     for name, value in expected.items():
         assert torch.is_tensor(parts[name]) and parts[name].dim() == 0
-        assert float(parts[name]) == pytest.approx(value, rel=2e-5, abs=1e-6), name
+        assert parts[name].item() == pytest.approx(value, rel=2e-5, abs=1e-6), name
 
 
 # ---- 1. the loss with the graph ------------------------------------------------------------------------------------
@@ -355,7 +355,8 @@ def test_errors_are_clear():
         other_heads.extra_modules(configs()[0], configs(student_heads=4)[1])
     with pytest.raises(BenchError, match="domains"):
         HRKD().extra_modules(*configs())
-    for bad in ({"temperature": 0}, {"graph_dropout": 1.0}):
+    for bad in ({"temperature": 0}, {"graph_dropout": 1.0}, {"leaky_relu_slope": -0.1},
+                {"train_graph": True, "detach_ratios": True}):
         with pytest.raises(BenchError) as info:
             HRKD(bad)
         assert info.value.hint
@@ -365,7 +366,7 @@ def test_errors_are_clear():
 
 
 @pytest.mark.parametrize("cls", [HRKD, HRKDNoHierarchy, HRKDNoGraph])
-@pytest.mark.parametrize("options", [None, {"train_graph": True, "detach_ratios": True}])
+@pytest.mark.parametrize("options", [None, {"train_graph": True}, {"detach_ratios": True}])
 def test_conformance(cls, options):
     check_distiller(cls, options)
 
@@ -411,6 +412,7 @@ def test_smoke_run_on_amazon(tmp_path, data_dir):
     assert sorted(files) == ["amazon/smoke/hrkd/books/seed1.json", "amazon/smoke/hrkd/dvd/seed1.json"]
     records = list(files.values())
     assert all(r["method"]["student_kind"] == "multi" and r["teacher"]["kind"] == "multi" for r in records)
+    assert all(r["method"]["plugin"] == "hrkd" for r in records)
     assert all(r["suite"]["trained_on"] == ["books", "dvd"] for r in records)
     assert records[0]["teacher"]["key"] == records[1]["teacher"]["key"]
 

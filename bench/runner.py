@@ -50,6 +50,7 @@ class Grid:
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
+        self.preset = self.preset.for_suite(self.suite.name)
         if not 0.0 < self.train_ratio <= 1.0:
             raise BenchError(f"train ratio {self.train_ratio} is not in (0, 1]",
                              "give the fraction of each domain's training rows to keep, e.g. 0.1")

@@ -56,3 +56,19 @@ def test_dry_run_plans_without_loading_any_model(tmp_path, data_dir, capsys, mon
 def test_every_preset_is_listed_with_its_models(preset, capsys):
     assert main(["ls", "presets"]) == 0
     assert preset in capsys.readouterr().out
+
+
+def test_a_preset_sizes_each_suite_as_it_says(tmp_path, data_dir, capsys, monkeypatch):
+    """cpu trains on 500 MNLI pairs a genre for 2 student epochs (Amazon: 800, 3): the plan uses them."""
+    def no_models(ref):
+        raise AssertionError(f"the plan must not resolve {ref}")
+
+    monkeypatch.setattr(bench.models, "resolve_dir", no_models)
+    assert main(["run", "--dry-run", "--methods", "kd", "--suite", "mnli", "--domains", "fiction",
+                 "--results-dir", str(tmp_path), "--data-dir", str(data_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].endswith("to train (1000 examples)")  # teacher: 2 epochs x 500
+    assert lines[3] == "fiction: kd seed 1: 1000 examples (+ teacher forwards)"  # student: 2 epochs x 500
+    assert main(["run", "--dry-run", "--methods", "kd", "--suite", "amazon", "--domains", "books",
+                 "--results-dir", str(tmp_path), "--data-dir", str(data_dir)]) == 0
+    assert "books: kd seed 1: 2400 examples (+ teacher forwards)" in capsys.readouterr().out  # 3 x 800

@@ -8,13 +8,18 @@ Schema (version 1). Keys every tool may rely on, as dotted paths: `seed`, `prese
 - seed, preset
 - machine {platform, python, cpu, threads, gpu, torch, transformers, world_size, ...}
 - suite {name, version, domain, train_ratio, sizes {train, dev, test}, fingerprint,
-  left_out {dropped_no_consensus, skipped_bad_rows, ...}}
-- method {name, label (the name, plus the options the user gave), plugin, config}
-- teacher {ref, key, params, latency, dev_accuracy, test_accuracy, reused} or null when the method
-  has none
+  left_out {dropped_no_consensus, skipped_bad_rows, ...}, trained_on (the domains the student
+  was trained on: [domain], or all of the grid's for a mix or multi student)}
+- method {name, label (the name, plus the options that differ from the defaults), plugin, config,
+  student_kind}
+- teacher {ref, key, kind, params, latency, dev_accuracy, test_accuracy (the domain's), reused} or
+  null when the method has none
 - student {ref, init, layers}
 - train {steps, epochs, batch_size, lr, ..., wall_seconds, examples, examples_per_second,
-  selected_step, best_dev_accuracy, history}
+  selected_step, best_dev_accuracy (both the domain's), history [{step, loss, dev_accuracy (the
+  mean over domains), dev {domain: accuracy} (joint trainings), trace (what the method traced,
+  e.g. HRKD's ratios), loss parts}]}. A joint training's figures (steps, examples, wall time,
+  history, timings) are the whole training's, repeated in each of its domains' records.
 - metrics {accuracy, macro_f1, params {total, non_embedding, extra_training_only},
   latency {device, threads, seq_len, warmup, repeats, batch_<B> {median_ms, iqr_ms}},
   throughput {batch, examples_per_second}, speedup {batch_<B>}, compression, ...}: one entry

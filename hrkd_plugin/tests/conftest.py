@@ -40,3 +40,15 @@ def isolated_store(tmp_path_factory, monkeypatch):
     set_registry(None)
     yield
     set_registry(None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The graph and loss tests use tiny tensors: on a busy machine intra-op threads cost seconds
+    and buy nothing."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -24,14 +24,6 @@ HS, HT, HEADS, CLASSES = 8, 12, 2, 3
 FP32_MIN = float(np.finfo(np.float32).min)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors, and a busy machine: intra-op threads cost time and buy nothing.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ---- synthetic inputs, kept as float64 numpy for the expected values --------------------------------------------
 

@@ -17,14 +17,6 @@ from bench.errors import BenchError
 ALPHA = 0.2  # LeakyReLU slope used throughout
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tensors are tiny: on a busy machine intra-op threads cost seconds and buy nothing.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ---- numpy, float64, written from the equations with explicit loops ----------------------------------------------
 

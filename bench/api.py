@@ -6,7 +6,7 @@ Importing this module is cheap (no torch, no datasets) so that listing plugins s
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -75,16 +75,22 @@ class SuiteSpec:
 
 @dataclass
 class Batch:
-    """One batch, padded to its longest row (never to the max length)."""
+    """One batch, padded to its longest row (never to the max length).
+
+    `row_ids`: each row's index in its domain's split, for what a method keeps per training
+    example (Meta-KD's prototype scores); the harness's loaders always fill it.
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     token_type_ids: torch.Tensor
     labels: torch.Tensor
     domain_ids: torch.Tensor
+    row_ids: torch.Tensor | None = None
 
     def to(self, device: Any) -> Batch:
-        return Batch(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+        return Batch(**{f.name: None if (value := getattr(self, f.name)) is None else value.to(device)
+                        for f in dataclasses.fields(self)})
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -109,6 +115,50 @@ class ModelOutputs:
     attention_scores: tuple[torch.Tensor, ...] | None = None
     attention_probs: tuple[torch.Tensor, ...] | None = None
     values: tuple[torch.Tensor, ...] | None = None
+
+
+class TeacherObjective:
+    """How a method trains its own teacher when cross-entropy on labels is not it (Meta-KD's
+    meta-teacher).
+
+    The harness trains the method's `teacher_kind` of teacher with `loss` in place of CE, stores it
+    under a key that includes `name` and `config()` (so it never stands in for a plain teacher),
+    and keeps with it the `modules` trained alongside and the tensors `prepare` computed; the
+    distiller gets both back through `Distiller.bind_teacher`.
+    """
+
+    name: ClassVar[str]
+    needs: ClassVar[frozenset[str]] = frozenset({"logits"})  # outputs `loss` reads, as Distiller.needs
+    domains: tuple[str, ...] = ()  # the suite's domains: a batch's domain id i is domains[i]
+
+    def config(self) -> dict[str, Any]:
+        """What, beyond the harness's teacher settings, changes the teacher (enters its key)."""
+        return {}
+
+    def prepare(self, teacher: Callable[[Batch, frozenset[str]], ModelOutputs],
+                train: Mapping[str, Iterable[Batch]]) -> dict[str, torch.Tensor]:
+        """Before training, with the teacher as it starts (its pretrained encoder): tensors to keep
+        with the teacher, from each domain's training batches in order (`row_ids` index them)."""
+        return {}
+
+    def modules(self, teacher_config: Any) -> nn.Module | None:
+        """Modules trained with the teacher and stored with it (never part of its classifier)."""
+        return None
+
+    def loss(self, batch: Batch, out: ModelOutputs, modules: nn.Module | None,
+             tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Named loss parts of one teacher step; the total is their sum."""
+        raise NotImplementedError
+
+
+@dataclass
+class TeacherExtras:
+    """What a TeacherObjective left with a stored teacher: its trained modules and its tensors, and
+    the suite's domains (a batch's domain id i is domains[i])."""
+
+    modules: nn.Module | None = None
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    domains: tuple[str, ...] = ()
 
 
 class Distiller:
@@ -161,6 +211,19 @@ class Distiller:
                                  f"give e.g. {cls.name}.{key}={default!r}")
             checked[key] = value
         return cls.Options(**checked)
+
+    def teacher_objective(self) -> TeacherObjective | None:
+        """The method's own teacher training; None (the default): cross-entropy on labels."""
+        return None
+
+    def bind_teacher(self, extras: TeacherExtras) -> None:
+        """Called before training with what the teacher objective stored with the run's teacher."""
+
+    def selects_on_dev(self, stage: str) -> bool:
+        """Whether `stage` keeps its best dev checkpoint (the default) or its last weights: a stage
+        that never trains the classifier (an intermediate-layer stage) has no meaningful dev
+        accuracy to select on."""
+        return True
 
     def extra_modules(self, teacher_config: Any, student_config: Any) -> nn.Module | None:
         """Training-only modules (projections, graphs): trained with the student, never counted

@@ -13,11 +13,12 @@ from bench.api import Batch
 
 
 def tokenize(dataset, tokenizer, max_len: int, domains: Sequence[str]):
-    """Token ids, token types, label and domain id per row; no padding yet."""
+    """Token ids, token types, label, domain id and row id (the row's index in `dataset`) per
+    row; no padding yet."""
     domain_index = {d: i for i, d in enumerate(domains)}
     pairs = "text_b" in dataset.column_names and any(t is not None for t in dataset["text_b"])
 
-    def encode(rows: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    def encode(rows: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
         enc = tokenizer(
             rows["text_a"],
             rows["text_b"] if pairs else None,
@@ -30,6 +31,7 @@ def tokenize(dataset, tokenizer, max_len: int, domains: Sequence[str]):
             "input_ids": enc["input_ids"],
             "token_type_ids": enc["token_type_ids"],
             "domain_id": [domain_index[d] for d in rows["domain"]],
+            "row_id": indices,
         }
 
     from datasets.utils import logging as ds_logging
@@ -39,7 +41,7 @@ def tokenize(dataset, tokenizer, max_len: int, domains: Sequence[str]):
     if quiet:
         ds_logging.disable_progress_bar()
     try:
-        return dataset.map(encode, batched=True, desc="tokenising", remove_columns=[
+        return dataset.map(encode, batched=True, with_indices=True, desc="tokenising", remove_columns=[
             c for c in dataset.column_names if c != "label"])
     finally:
         if quiet and was_enabled:
@@ -68,6 +70,7 @@ class Collator:
             token_type_ids=types,
             labels=torch.tensor([r["label"] for r in rows], dtype=torch.long),
             domain_ids=torch.tensor([r["domain_id"] for r in rows], dtype=torch.long),
+            row_ids=torch.tensor([r["row_id"] for r in rows], dtype=torch.long) if "row_id" in rows[0] else None,
         )
 
 

@@ -29,6 +29,7 @@ DEFAULT_PLUGINS = (
     "bench_plugins.distillers.pkd",
     "bench_plugins.distillers.tinybert",
     "bench_plugins.distillers.minilm",
+    "bench_plugins.distillers.metakd",
     "bench_plugins.metrics.accuracy",
     "bench_plugins.metrics.f1",
     "bench_plugins.metrics.params",

@@ -182,13 +182,15 @@ def _measured_rows(df: pd.DataFrame, domains: list[str], metric: str,
 
 
 def _teacher_rows(df: pd.DataFrame, domains: list[str], metric: str) -> list[Row]:
-    """One teacher row per teacher kind the methods used ("teacher" when there is one kind): a
+    """One teacher row per teacher kind (or objective) the methods used ("teacher" when there is one): a
     multi teacher serves every domain under one key, so rows are told apart by (key, domain)."""
     with_teacher = df.dropna(subset=["teacher.key"])
     if with_teacher.empty:
         return []
     kinds = with_teacher["teacher.kind"].fillna("single") if "teacher.kind" in with_teacher else \
         pd.Series("single", index=with_teacher.index)
+    if "teacher.objective" in with_teacher:  # a method's own teacher (Meta-KD's meta-teacher) is named by it
+        kinds = with_teacher["teacher.objective"].fillna(kinds)
     names = sorted(set(kinds))
     return [_teacher_row(with_teacher[kinds == kind], domains, metric,
                          TEACHER_ROW if len(names) == 1 else f"{TEACHER_ROW} ({kind})") for kind in names]

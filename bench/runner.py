@@ -21,7 +21,16 @@ from typing import Any
 import torch
 
 from bench import __version__
-from bench.api import STUDENT_KINDS, TEACHER_KINDS, DataConfig, Distiller, EvalContext, SuiteSpec
+from bench.api import (
+    STUDENT_KINDS,
+    TEACHER_KINDS,
+    DataConfig,
+    Distiller,
+    EvalContext,
+    SuiteSpec,
+    TeacherExtras,
+    TeacherObjective,
+)
 from bench.data import MultiDomainLoader, make_loader, tokenize
 from bench.errors import BenchError
 from bench.measure import measure_latency, param_counts
@@ -148,7 +157,13 @@ def load_domain(suite: SuiteSpec, domain: str, preset: Preset, data: DataConfig,
                       suite.domains)
 
 
-def teacher_identity(grid: Grid, domain: str, data: DomainData) -> dict[str, Any]:
+def _objective_identity(objective: TeacherObjective | None) -> dict[str, Any]:
+    """A method's own teacher objective joins the key; plain teachers' keys stay as they were."""
+    return {} if objective is None else {"objective": {"name": objective.name, "config": objective.config()}}
+
+
+def teacher_identity(grid: Grid, domain: str, data: DomainData,
+                     objective: TeacherObjective | None = None) -> dict[str, Any]:
     """Everything a single-domain teacher depends on; its hash is the teacher's key in the store."""
     p = grid.preset
     return {
@@ -163,10 +178,12 @@ def teacher_identity(grid: Grid, domain: str, data: DomainData) -> dict[str, Any
         "kind": "single",
         "train": p.teacher_train.to_dict(),
         "seed": p.teacher_seed,
+        **_objective_identity(objective),
     }
 
 
-def joint_teacher_identity(grid: Grid, kind: str, data: dict[str, DomainData]) -> dict[str, Any]:
+def joint_teacher_identity(grid: Grid, kind: str, data: dict[str, DomainData],
+                           objective: TeacherObjective | None = None) -> dict[str, Any]:
     """Everything a teacher trained on all the grid's domains at once (mix, multi) depends on."""
     p = grid.preset
     return {
@@ -182,6 +199,7 @@ def joint_teacher_identity(grid: Grid, kind: str, data: dict[str, DomainData]) -
         "heads": len(grid.suite.domains) if kind == "multi" else 1,
         "train": p.teacher_train.to_dict(),
         "seed": p.teacher_seed,
+        **_objective_identity(objective),
     }
 
 
@@ -194,7 +212,7 @@ class Runner:
         self.machine = machine_info(registry.pm, world_size=self.accelerator.num_processes)
         self._teacher_timing: dict[str, Any] | None = None
         self._data: dict[str, DomainData] = {}
-        self._teachers: dict[tuple[str, str], StoredTeacher] = {}  # (kind, domain) -> teacher
+        self._teachers: dict[tuple[str, str, str], StoredTeacher] = {}  # (kind, objective, domain) -> teacher
         # What metrics measured of the preset's student (its latency), by its number of heads: the
         # timing depends on the architecture only, so each is measured once per process, not per run.
         self._measured: dict[int, dict[str, Any]] = {}
@@ -240,7 +258,9 @@ class Runner:
                 if distiller.student_kind != "single":
                     joint.setdefault((method, key.seed), []).append(key)
                     continue
-                teacher = self.teachers(distiller.teacher_kind, [domain])[domain] if distiller.teacher_kind else None
+                teacher = None
+                if distiller.teacher_kind:
+                    teacher = self.teachers(distiller.teacher_kind, [domain], distiller.teacher_objective())[domain]
                 written.append(self.write(key, self.run_one(key, distiller, teacher)))
         for (method, seed), pending in joint.items():  # one training gives every domain's result
             records = self.run_joint(method, seed)
@@ -284,12 +304,12 @@ class Runner:
         total = 0
         planned_teachers: set[str] = set()
 
-        def plan_teacher(kind: str, domains: list[str]) -> None:
+        def plan_teacher(kind: str, domains: list[str], objective: TeacherObjective | None) -> None:
             nonlocal total
             if kind == "single":
-                key = teacher_key(teacher_identity(g, domains[0], self.data(domains[0])))
+                key = teacher_key(teacher_identity(g, domains[0], self.data(domains[0]), objective))
             else:
-                key = teacher_key(joint_teacher_identity(g, kind, {d: self.data(d) for d in g.domains}))
+                key = teacher_key(joint_teacher_identity(g, kind, {d: self.data(d) for d in g.domains}, objective))
             if key in planned_teachers:
                 return
             planned_teachers.add(key)
@@ -297,7 +317,8 @@ class Runner:
             examples = 0 if stored else p.teacher_train.epochs * self.epoch_examples(kind, domains)
             total += examples
             where = domains[0] if kind == "single" else ",".join(g.domains)
-            lines.append(f"{where}: {'' if kind == 'single' else kind + ' '}teacher {key} "
+            what = " ".join(filter(None, [None if kind == "single" else kind, objective and objective.name]))
+            lines.append(f"{where}: {what + ' ' if what else ''}teacher {key} "
                          + ("reused from the store" if stored else f"to train ({examples} examples)"))
 
         joint_done: set[tuple[str, int]] = set()
@@ -307,7 +328,8 @@ class Runner:
             if kind != "single" and (key.method, key.seed) in joint_done:
                 continue
             if distiller.teacher_kind:
-                plan_teacher(distiller.teacher_kind, [key.domain] if distiller.teacher_kind == "single" else g.domains)
+                plan_teacher(distiller.teacher_kind, [key.domain] if distiller.teacher_kind == "single" else g.domains,
+                             distiller.teacher_objective())
             domains = [key.domain] if kind == "single" else list(g.domains)
             examples = len(distiller.stages) * p.student_train.epochs * self.epoch_examples(kind, domains)
             total += examples
@@ -329,17 +351,19 @@ class Runner:
         """The grid's teachers of one kind, trained where the store lacks them; one per domain."""
         return list(self.teachers(kind, self.grid.domains).values())
 
-    def teachers(self, kind: str, domains: Sequence[str]) -> dict[str, StoredTeacher]:
+    def teachers(self, kind: str, domains: Sequence[str],
+                 objective: TeacherObjective | None = None) -> dict[str, StoredTeacher]:
         """Each domain's teacher of `kind`: a single-domain teacher is trained per domain, a mix
-        or multi one on all the grid's domains at once."""
-        missing = [d for d in domains if (kind, d) not in self._teachers]
+        or multi one on all the grid's domains at once; with a method's `objective`, by it."""
+        tag = json.dumps(_objective_identity(objective), sort_keys=True)
+        missing = [d for d in domains if (kind, tag, d) not in self._teachers]
         if kind == "single":
             for d in missing:
-                self._teachers[(kind, d)] = self.single_teacher(d)
+                self._teachers[(kind, tag, d)] = self.single_teacher(d, objective)
         elif missing:
-            for d, t in self.joint_teacher(kind).items():
-                self._teachers[(kind, d)] = t
-        return {d: self._teachers[(kind, d)] for d in domains}
+            for d, t in self.joint_teacher(kind, objective).items():
+                self._teachers[(kind, tag, d)] = t
+        return {d: self._teachers[(kind, tag, d)] for d in domains}
 
     def _stored(self, identity: dict[str, Any], train) -> dict[str, StoredTeacher]:
         if self.vocab_map:  # trained on the student's tokenisation, mapped
@@ -349,22 +373,52 @@ class Runner:
             t.model.to(self.accelerator.device).eval()
         return stored
 
-    def single_teacher(self, domain: str) -> StoredTeacher:
+    def teacher_loss(self, view, objective: TeacherObjective | None, domains: Sequence[str]):
+        """(compute_loss, modules, tensors) of a teacher's training: CE on labels, or the method's
+        objective, whose tensors are prepared first from the teacher as it starts."""
+        if objective is None:
+            def ce(batch):
+                if isinstance(batch, dict):  # multi: the plain sum of per-domain CE
+                    return {"ce": sum(torch.nn.functional.cross_entropy(view(b).logits, b.labels)
+                                      for b in batch.values())}
+                return {"ce": torch.nn.functional.cross_entropy(view(batch).logits, batch.labels)}
+            return ce, None, {}
+
+        objective.domains = tuple(self.grid.suite.domains)
+        tokenizer, device = self.student_tokenizer, self.accelerator.device
+        train = {d: make_loader(self.data(d).tokenized("train", tokenizer), 64, tokenizer.pad_token_id, shuffle=False)
+                 for d in domains}
+        view.eval()
+        with torch.no_grad():
+            tensors = objective.prepare(lambda b, needs: view(b.to(device), needs), train)
+        modules = objective.modules(view.config)
+        if modules is not None:
+            modules.to(device)
+
+        def compute_loss(batch):
+            if isinstance(batch, dict):
+                raise BenchError(f"teacher objective {objective.name!r} trains single or mix teachers",
+                                 "give the method teacher_kind 'single' or 'mix'")
+            return objective.loss(batch, view(batch, objective.needs), modules, tensors)
+
+        return compute_loss, modules, tensors
+
+    def single_teacher(self, domain: str, objective: TeacherObjective | None = None) -> StoredTeacher:
         p = self.grid.preset
         data = self.data(domain)
 
         def train(model):
             view = self.teacher_view(model)
-            trained = self.train_and_test(
-                view, lambda b: {"ce": torch.nn.functional.cross_entropy(view(b).logits, b.labels)},
-                data, self.student_tokenizer, p.teacher_train, p.teacher_seed, f"teacher {domain}")
+            loss, modules, tensors = self.teacher_loss(view, objective, [domain])
+            trained = self.train_and_test(view, loss, data, self.student_tokenizer, p.teacher_train, p.teacher_seed,
+                                          f"teacher {domain}", extra_modules=modules)
             return {"dev_accuracy": trained.selection.dev_accuracy, "test_accuracy": trained.test_accuracy,
                     "steps": trained.fit.steps, "selected_step": trained.selection.step,
-                    "history": trained.fit.history}, None
+                    "history": trained.fit.history}, None, _extras(modules, tensors)
 
-        return self._stored(teacher_identity(self.grid, domain, data), train)[domain]
+        return self._stored(teacher_identity(self.grid, domain, data, objective), train)[domain]
 
-    def joint_teacher(self, kind: str) -> dict[str, StoredTeacher]:
+    def joint_teacher(self, kind: str, objective: TeacherObjective | None = None) -> dict[str, StoredTeacher]:
         """A mix teacher (one model on the union) or a multi teacher (shared encoder, a head per
         domain, trained on the plain sum of per-domain CE; each domain's best dev checkpoint)."""
         g, p = self.grid, self.grid.preset
@@ -372,14 +426,9 @@ class Runner:
 
         def train(model):
             view = self.teacher_view(model)
-
-            def ce(batch):
-                if isinstance(batch, dict):
-                    return {"ce": sum(torch.nn.functional.cross_entropy(view(b).logits, b.labels)
-                                      for b in batch.values())}
-                return {"ce": torch.nn.functional.cross_entropy(view(batch).logits, batch.labels)}
-
-            trained = self.train_and_test_joint(view, ce, kind, p.teacher_train, p.teacher_seed, f"{kind} teacher")
+            loss, modules, tensors = self.teacher_loss(view, objective, g.domains)
+            trained = self.train_and_test_joint(view, loss, kind, p.teacher_train, p.teacher_seed,
+                                                f"{kind} teacher", extra_modules=modules)
             per_domain = {d: {"dev_accuracy": t.selection.dev_accuracy, "test_accuracy": t.test_accuracy,
                               "selected_step": t.selection.step} for d, t in trained.items()}
             fit = next(iter(trained.values())).fit
@@ -389,9 +438,12 @@ class Runner:
             states = None
             if kind == "multi":
                 states = {d: _inner_state(view, t.selection.state) for d, t in trained.items()}
-            return info, states
+            if kind == "multi" and modules is not None:
+                raise BenchError("a multi teacher keeps one checkpoint per domain, but its objective's modules "
+                                 "have one state", "give the method teacher_kind 'single' or 'mix'")
+            return info, states, _extras(modules, tensors)
 
-        return self._stored(joint_teacher_identity(g, kind, data), train)
+        return self._stored(joint_teacher_identity(g, kind, data, objective), train)
 
     def teacher_timing(self, teacher: StoredTeacher | None) -> dict[str, Any]:
         """The preset teacher's latency and parameters, measured once in this process (timing
@@ -407,7 +459,7 @@ class Runner:
 
     # -- training -----------------------------------------------------------------------
     def train_and_test(self, model, compute_loss, data: DomainData, tokenizer, config: TrainConfig, seed: int,
-                       desc: str, extra_modules=None, trace=None) -> Trained:
+                       desc: str, extra_modules=None, trace=None, select_best: bool = True) -> Trained:
         from accelerate.utils import set_seed
 
         set_seed(seed)
@@ -422,11 +474,11 @@ class Runner:
             return accuracy(*predict(model, dev_loader, self.accelerator))
 
         result = fit(model, train_loader, compute_loss, dev_accuracy, config, self.accelerator,
-                     extra_modules=extra_modules, desc=desc, trace=trace)
+                     extra_modules=extra_modules, desc=desc, trace=trace, select_best=select_best)
         return Trained(result, result.selection, *predict(model, test_loader, self.accelerator))
 
     def train_and_test_joint(self, model, compute_loss, kind: str, config: TrainConfig, seed: int, desc: str,
-                             extra_modules=None, trace=None) -> dict[str, Trained]:
+                             extra_modules=None, trace=None, select_best: bool = True) -> dict[str, Trained]:
         """Train on all the grid's domains at once. multi: MultiDomainBatches of `batch_size`
         rows per domain, each domain's best dev checkpoint kept and tested on that domain; mix:
         batches of `batch_size` x domains rows from the shuffled union, one checkpoint selected
@@ -455,7 +507,8 @@ class Runner:
             return {d: accuracy(*predict(model, loader, self.accelerator)) for d, loader in dev.items()}
 
         result = fit(model, train_loader, compute_loss, dev_accuracy, config, self.accelerator,
-                     extra_modules=extra_modules, desc=desc, trace=trace, select_on_mean=kind != "multi")
+                     extra_modules=extra_modules, desc=desc, trace=trace, select_on_mean=kind != "multi",
+                     select_best=select_best)
         out = {}
         for d in domains:
             selection = result.selections[d] if kind == "multi" else result.selection
@@ -465,6 +518,22 @@ class Runner:
         return out
 
     # -- runs ---------------------------------------------------------------------------
+    def bind_teacher(self, distiller: Distiller, teacher: StoredTeacher) -> None:
+        """Hand the distiller what its teacher objective stored with the teacher (frozen)."""
+        objective = distiller.teacher_objective()
+        if objective is None:
+            return
+        stored = teacher.extras or {}
+        objective.domains = tuple(self.grid.suite.domains)
+        modules = objective.modules(teacher.model.config)
+        if modules is not None:
+            modules.load_state_dict({k.removeprefix("modules."): v for k, v in stored.items()
+                                     if k.startswith("modules.")})
+            modules.to(self.accelerator.device).eval().requires_grad_(False)
+        tensors = {k.removeprefix("tensors."): v.to(self.accelerator.device) for k, v in stored.items()
+                   if k.startswith("tensors.")}
+        distiller.bind_teacher(TeacherExtras(modules, tensors, tuple(self.grid.suite.domains)))
+
     def student_forward(self, distiller: Distiller, student, teachers: dict[str, StoredTeacher] | None):
         """compute_loss(batch, stage) for the student's kind: each (sub-)batch through the student
         and, without gradients, through its domain's teacher."""
@@ -494,6 +563,8 @@ class Runner:
         set_seed(key.seed)
         student = build_classifier(p.student, len(g.suite.labels))
         extra = distiller.extra_modules(teacher.model.config if teacher else None, student.config)
+        if teacher is not None:
+            self.bind_teacher(distiller, teacher)
         compute_loss = self.student_forward(distiller, student, {key.domain: teacher} if teacher else None)
 
         start = time.perf_counter()
@@ -503,7 +574,7 @@ class Runner:
                 student, lambda b, stage=stage: compute_loss(b, stage), self.data(key.domain), self.student_tokenizer,
                 p.student_train, key.seed,
                 f"{key.method} {key.domain} s{key.seed}" + (f" {stage}" if len(distiller.stages) > 1 else ""),
-                extra_modules=extra, trace=distiller.trace))
+                extra_modules=extra, trace=distiller.trace, select_best=distiller.selects_on_dev(stage)))
         train_seconds = time.perf_counter() - start
         return self.record(key, distiller, stages, student, extra, teacher, train_seconds, [key.domain])
 
@@ -514,11 +585,15 @@ class Runner:
         g, p = self.grid, self.grid.preset
         distiller = g.distiller(method)
         kind = distiller.student_kind
-        teachers = self.teachers(distiller.teacher_kind, g.domains) if distiller.teacher_kind else None
+        teachers = None
+        if distiller.teacher_kind:
+            teachers = self.teachers(distiller.teacher_kind, g.domains, distiller.teacher_objective())
         set_seed(seed)
         student = build_classifier(p.student, len(g.suite.labels), len(g.suite.domains) if kind == "multi" else 1)
         teacher_config = next(iter(teachers.values())).model.config if teachers else None
         extra = distiller.extra_modules(teacher_config, student.config)
+        if teachers:
+            self.bind_teacher(distiller, next(iter(teachers.values())))
         compute_loss = self.student_forward(distiller, student, teachers)
         label = g.label(method)
 
@@ -528,7 +603,7 @@ class Runner:
             stages.append(self.train_and_test_joint(
                 student, lambda b, stage=stage: compute_loss(b, stage), kind, p.student_train, seed,
                 f"{label} {kind} s{seed}" + (f" {stage}" if len(distiller.stages) > 1 else ""),
-                extra_modules=extra, trace=distiller.trace))
+                extra_modules=extra, trace=distiller.trace, select_best=distiller.selects_on_dev(stage)))
         train_seconds = time.perf_counter() - start
         records = {}
         for domain in g.domains:
@@ -578,6 +653,7 @@ class Runner:
                        "config": _jsonable(vars(distiller.options)), "student_kind": distiller.student_kind},
             "teacher": None if teacher is None else {
                 "ref": p.teacher.ref, "key": teacher.key, "kind": distiller.teacher_kind, "params": timing["params"],
+                "objective": objective.name if (objective := distiller.teacher_objective()) else None,
                 "latency": timing["latency"],
                 "dev_accuracy": teacher.info.get("dev_accuracy"),
                 "test_accuracy": teacher.info.get("test_accuracy"),
@@ -595,6 +671,14 @@ class Runner:
                         else 0.0,
                         "train_seconds": round(train_seconds, 3), "eval_seconds": round(eval_seconds, 3)},
         }
+
+
+def _extras(modules, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """A teacher objective's trained modules and tensors as named tensors for the store."""
+    extras = {f"tensors.{k}": v for k, v in tensors.items()}
+    if modules is not None:
+        extras.update({f"modules.{k}": v for k, v in modules.state_dict().items()})
+    return extras or None
 
 
 def _mean(values) -> float:

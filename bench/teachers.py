@@ -4,7 +4,9 @@ A teacher is fine-tuned once per (model, suite, data fingerprints, domains, kind
 configuration, seed) and stored under a key hashed from exactly those; every later run that
 needs the same teacher loads it instead of training it again. A `single` or `mix` teacher is one
 model (`model.safetensors`); a `multi` teacher is one checkpoint per domain, the one with that
-domain's best dev accuracy (`model.<domain>.safetensors`), as HRKD's teachers are.
+domain's best dev accuracy (`model.<domain>.safetensors`), as HRKD's teachers are. A teacher
+trained by a method's own objective (Meta-KD) keeps that objective's modules and tensors beside
+it (`extras.safetensors`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class StoredTeacher:
     model: Classifier
     info: dict[str, Any]  # what the key covers, plus dev/test accuracy and training figures
     trained_now: bool = False  # False: loaded from the store
+    extras: dict[str, Any] | None = None  # a teacher objective's modules ("modules.*") and tensors ("tensors.*")
 
 
 def teacher_key(identity: dict[str, Any]) -> str:
@@ -50,9 +53,10 @@ class TeacherStore:
     def path(self, key: str) -> Path:
         return self.root / key
 
-    def load(self, key: str, make_model) -> tuple[dict[str, Classifier], dict[str, Any]] | None:
-        """The stored models by name ("model", or each domain of a multi teacher) and the info."""
-        from safetensors.torch import load_model
+    def load(self, key: str, make_model) -> tuple[dict[str, Classifier], dict[str, Any], dict[str, Any] | None] | None:
+        """The stored models by name ("model", or each domain of a multi teacher), the info and the
+        objective's extras (None without)."""
+        from safetensors.torch import load_file, load_model
 
         folder = self.path(key)
         if not (folder / "teacher.json").is_file():
@@ -63,7 +67,8 @@ class TeacherStore:
             model = make_model()
             load_model(model, str(file))
             models[file.name.removesuffix(".safetensors").removeprefix("model").lstrip(".") or "model"] = model.eval()
-        return models, info
+        extras = load_file(str(folder / "extras.safetensors")) if (folder / "extras.safetensors").is_file() else None
+        return models, info, extras
 
     def entries(self) -> list[tuple[str, dict[str, Any]]]:
         """(key, info) of every stored teacher, sorted by key."""
@@ -82,9 +87,10 @@ class TeacherStore:
         return matches[0]
 
     def save(self, key: str, model: Classifier, info: dict[str, Any],
-             states: dict[str, dict[str, Any]] | None = None) -> None:
-        """`model`, or with `states` one checkpoint per domain (`model` gives their layout)."""
-        from safetensors.torch import save_model
+             states: dict[str, dict[str, Any]] | None = None, extras: dict[str, Any] | None = None) -> None:
+        """`model`, or with `states` one checkpoint per domain (`model` gives their layout), and a
+        teacher objective's `extras` (named tensors)."""
+        from safetensors.torch import save_file, save_model
 
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root))
@@ -94,6 +100,9 @@ class TeacherStore:
             for domain, state in (states or {}).items():
                 model.load_state_dict(state)
                 save_model(model, str(tmp / f"model.{domain}.safetensors"))
+            if extras:
+                tensors = {k: v.detach().contiguous().cpu() for k, v in extras.items()}
+                save_file(tensors, str(tmp / "extras.safetensors"))
             (tmp / "teacher.json").write_text(json.dumps(info, indent=2, sort_keys=True))
             target = self.path(key)
             if target.exists():  # another process stored it meanwhile: theirs is as good
@@ -108,8 +117,9 @@ class TeacherStore:
 def get_or_train_teacher(identity: dict[str, Any], num_labels: int, train_fn, store: TeacherStore,
                          ) -> dict[str, StoredTeacher]:
     """The teacher `identity` describes, per domain it serves: loaded from the store, or trained
-    with `train_fn(model) -> (info, states)` and stored. `states` is None when `model` ends with
-    the selected weights, or a multi teacher's checkpoint per domain. A domain's StoredTeacher
+    with `train_fn(model) -> (info, states, extras)` and stored. `states` is None when `model` ends
+    with the selected weights, or a multi teacher's checkpoint per domain; `extras` are a teacher
+    objective's named tensors, or None. A domain's StoredTeacher
     carries that domain's figures (info["domains"][domain]) at the top of its info."""
     from bench.models import ModelSpec
 
@@ -120,9 +130,9 @@ def get_or_train_teacher(identity: dict[str, Any], num_labels: int, train_fn, st
     def make_model() -> Classifier:
         return build_classifier(spec, num_labels, identity.get("heads", 1))
 
-    def per_domain(models: dict[str, Classifier], info: dict[str, Any], trained_now: bool):
+    def per_domain(models: dict[str, Classifier], info: dict[str, Any], extras, trained_now: bool):
         return {d: StoredTeacher(key, models.get(d, models.get("model")),
-                                 {**info, **info.get("domains", {}).get(d, {})}, trained_now) for d in domains}
+                                 {**info, **info.get("domains", {}).get(d, {})}, trained_now, extras) for d in domains}
 
     loaded = store.load(key, make_model)
     if loaded is not None:
@@ -135,14 +145,14 @@ def get_or_train_teacher(identity: dict[str, Any], num_labels: int, train_fn, st
     set_seed(identity["seed"])  # the new head's init must not depend on what ran before
     model = make_model()
     start = time.perf_counter()
-    info, states = train_fn(model)
+    info, states, extras = train_fn(model)
     info = {"identity": identity, **info, "wall_seconds": round(time.perf_counter() - start, 2)}
-    store.save(key, model, info, states)
+    store.save(key, model, info, states, extras)
     if states is None:
-        return per_domain({"model": model}, info, trained_now=True)
+        return per_domain({"model": model}, info, extras, trained_now=True)
     models = {}
     for d, state in states.items():
         models[d] = make_model()
         models[d].load_state_dict(state)
         models[d].eval()
-    return per_domain(models, info, trained_now=True)
+    return per_domain(models, info, extras, trained_now=True)

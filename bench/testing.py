@@ -8,7 +8,9 @@ a padded batch (a "multi" student: `multi_domain_loss` on a MultiDomainBatch of 
 each with its own teacher and head) and checks that every part is a finite scalar, that backward reaches the
 student, that one optimizer step changes it, that training-only modules stay out of the
 student's parameters, and that the loss needs no model output beyond the declared `needs`
-(the models fill only those). A failed check raises AssertionError saying which.
+(the models fill only those). A method with its own teacher objective has it checked the same
+way on the teacher (finite parts, gradient reaching the teacher), and its prepared tensors and
+modules bound before the student's checks. A failed check raises AssertionError saying which.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import torch
 
-from bench.api import OUTPUTS, Batch, Distiller
+from bench.api import OUTPUTS, Batch, Distiller, TeacherExtras, TeacherObjective
 from bench.models import ModelSpec, build_classifier
 
 TEACHER = ModelSpec("random:tiny")
@@ -34,15 +36,48 @@ def conformance_batch(domain_id: int = 0) -> Batch:
                         [101, 6659, 2143, 102, 0, 0],
                         [101, 1037, 2210, 102, 2200, 102]])
     types = torch.tensor([[0] * 6, [0] * 6, [0, 0, 0, 0, 1, 1]])
-    return Batch(ids, (ids != 0).long(), types, torch.tensor([1, 0, 1]), torch.full((3,), domain_id))
+    return Batch(ids, (ids != 0).long(), types, torch.tensor([1, 0, 1]), torch.full((3,), domain_id),
+                 torch.arange(3))
 
 
 def conformance_multi_batch() -> dict[str, Batch]:
     """A MultiDomainBatch of two domains whose sub-batches differ in length and labels."""
     second = conformance_batch(1)
     second = Batch(second.input_ids[:2, :5], second.attention_mask[:2, :5], second.token_type_ids[:2, :5],
-                   torch.tensor([0, 1]), second.domain_ids[:2])
+                   torch.tensor([0, 1]), second.domain_ids[:2], second.row_ids[:2])
     return {DOMAINS[0]: conformance_batch(0), DOMAINS[1]: second}
+
+
+def _check_parts(parts, what: str) -> torch.Tensor:
+    assert isinstance(parts, dict) and parts, f"{what}: loss must return a non-empty dict"
+    for part, value in parts.items():
+        assert torch.is_tensor(value) and value.dim() == 0, f"{what}: loss part {part!r} is not a scalar tensor"
+        assert torch.isfinite(value), f"{what}: loss part {part!r} is not finite ({value.item()})"
+    return sum(parts.values())
+
+
+def check_teacher_objective(objective: TeacherObjective, teacher) -> TeacherExtras:
+    """Prepare `objective` on each domain's conformance batch, check one teacher step on a batch
+    mixing both domains, and return what it would store with the teacher (modules frozen)."""
+    objective.domains = DOMAINS
+    teacher.eval()
+    with torch.no_grad():
+        tensors = objective.prepare(teacher, {d: [conformance_batch(i)] for i, d in enumerate(DOMAINS)})
+    modules = objective.modules(teacher.config)
+    first, second = conformance_batch(0), conformance_batch(1)
+    mixed = Batch(*(torch.cat([getattr(first, f), getattr(second, f)]) for f in
+                    ("input_ids", "attention_mask", "token_type_ids", "labels", "domain_ids", "row_ids")))
+    teacher.train()
+    total = _check_parts(objective.loss(mixed, teacher(mixed, objective.needs), modules, tensors),
+                         f"teacher objective {objective.name}")
+    total.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in teacher.parameters()), \
+        f"teacher objective {objective.name}: no gradient reaches the teacher"
+    teacher.zero_grad(set_to_none=True)
+    teacher.eval()
+    if modules is not None:
+        modules.eval().requires_grad_(False)
+    return TeacherExtras(modules, dict(tensors), DOMAINS)
 
 
 def check_distiller(distiller_cls: type[Distiller], options: Mapping[str, Any] | None = None,
@@ -59,6 +94,10 @@ def check_distiller(distiller_cls: type[Distiller], options: Mapping[str, Any] |
         heads = len(DOMAINS) if distiller.teacher_kind == "multi" else 1
         teachers = {d: build_classifier(teacher, 2, heads).eval() for d in DOMAINS}
     teacher_model = teachers[DOMAINS[0]] if teachers else None
+    objective = distiller.teacher_objective()
+    if objective is not None:
+        assert teacher_model is not None, f"{name} has a teacher objective but no teacher_kind"
+        distiller.bind_teacher(check_teacher_objective(objective, teacher_model))
     extra = distiller.extra_modules(teacher_model.config if teacher_model else None, student_model.config)
     student_ids = {id(p) for p in student_model.parameters()}
     extra_params = list(extra.parameters()) if extra is not None else []
@@ -85,11 +124,7 @@ def check_distiller(distiller_cls: type[Distiller], options: Mapping[str, Any] |
         except (TypeError, AttributeError) as exc:  # e.g. indexing an output it did not declare
             raise AssertionError(f"{name} stage {stage!r}: the loss failed with outputs limited to its "
                                  f"declared needs {sorted(distiller.needs)}: {exc}") from exc
-        assert isinstance(parts, dict) and parts, f"{name} stage {stage!r}: loss must return a non-empty dict"
-        for part, value in parts.items():
-            assert torch.is_tensor(value) and value.dim() == 0, f"{name}: loss part {part!r} is not a scalar tensor"
-            assert torch.isfinite(value), f"{name}: loss part {part!r} is not finite ({value.item()})"
-        total = sum(parts.values())
+        total = _check_parts(parts, f"{name} stage {stage!r}")
         assert total.requires_grad, f"{name} stage {stage!r}: the loss does not depend on the student"
         optimizer.zero_grad()
         total.backward()

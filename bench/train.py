@@ -47,6 +47,7 @@ class Selection:
     step: int
     dev_accuracy: float
     state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    extra_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # the extra modules then
 
 
 @dataclass
@@ -105,6 +106,7 @@ def fit(
     desc: str = "train",
     trace: Callable[[], dict[str, Any] | None] | None = None,
     select_on_mean: bool = False,
+    select_best: bool = True,
 ) -> FitResult:
     """Train `model` (and `extra_modules`) on `compute_loss`, keep the best dev checkpoints.
 
@@ -116,6 +118,8 @@ def fit(
     last weights, and `selections[key].state` holds each best. `trace()`, asked at each dev
     evaluation, adds what a method wants recorded to that step's history. `select_on_mean`:
     one checkpoint, the best on the mean of the dev figures (a model trained on the union).
+    `select_best=False`: keep the last weights instead (a stage that does not train the
+    classifier, whose dev accuracy says nothing).
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -173,8 +177,10 @@ def fit(
                 log.info("%s: step %d/%d loss %.4f dev accuracy %.4f (%.1f ex/s)", desc, step, total,
                          loss.item(), acc, rate)
                 for key, value in ({"mean": acc} if select_on_mean else dev).items():
-                    if key not in selections or value > selections[key].dev_accuracy:
-                        selections[key] = Selection(step, value, clone_state(accelerator.unwrap_model(model)))
+                    if key not in selections or value > selections[key].dev_accuracy or not select_best:
+                        selections[key] = Selection(
+                            step, value, clone_state(accelerator.unwrap_model(model)),
+                            clone_state(accelerator.unwrap_model(extra_modules)) if extra_modules is not None else None)
             if step >= total:
                 break
     bar.close()
@@ -182,7 +188,10 @@ def fit(
     accelerator.free_memory()  # drop the accelerator's references, or every run of a grid stays in memory
     unwrapped = accelerator.unwrap_model(model)
     if len(selections) == 1:
-        unwrapped.load_state_dict(next(iter(selections.values())).state)
+        chosen = next(iter(selections.values()))
+        unwrapped.load_state_dict(chosen.state)
+        if extra_modules is not None:  # trained with the model: kept as they were at the chosen step
+            accelerator.unwrap_model(extra_modules).load_state_dict(chosen.extra_state)
     unwrapped.eval()
     return FitResult(steps=step, examples=examples, wall_seconds=wall, selections=selections, history=history)
 

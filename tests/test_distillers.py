@@ -411,6 +411,13 @@ def test_each_distiller_runs_the_smoke_preset(suite, domain, tmp_path, data_dir,
         assert PARTS[method] <= set(last) and all(np.isfinite(last[p]) for p in PARTS[method])
 
 
+def test_stages_that_never_train_the_classifier_keep_their_last_weights():
+    assert not distiller("tinybert", {"two_stage": True}).selects_on_dev("intermediate")
+    assert distiller("tinybert", {"two_stage": True}).selects_on_dev("prediction")
+    assert not distiller("minilm", {"prediction": "finetune"}).selects_on_dev("distill")
+    assert distiller("minilm").selects_on_dev("main") and distiller("kd").selects_on_dev("main")
+
+
 def test_two_stage_tinybert_trains_both_stages(tmp_path, data_dir, same_store):
     from bench.api import DataConfig
     from bench.presets import get_preset
@@ -434,7 +441,7 @@ def test_two_stage_tinybert_trains_both_stages(tmp_path, data_dir, same_store):
 def test_ls_distillers_lists_them(capsys):
     assert main(["ls", "distillers"]) == 0
     out = capsys.readouterr().out
-    for method in METHODS:
+    for method in (*METHODS, "metakd"):
         assert f"[bench_plugins.distillers.{method}]" in out
 
 

@@ -65,3 +65,38 @@ def test_no_weight_decay_on_biases_and_layer_norms():
     decay, no_decay = param_groups([model], 0.01)
     assert decay["weight_decay"] == 0.01 and len(decay["params"]) == 1
     assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 3
+
+
+def test_a_stage_that_keeps_its_last_weights_ignores_dev_accuracy():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    scripted = iter([0.5, 0.9, 0.7, 0.9, 0.6, 0.8])
+
+    def compute_loss(batch):
+        return {"ce": nn.functional.cross_entropy(model(batch.input_ids.float()), batch.labels)}
+
+    result = fit(model, toy_batches(), compute_loss, lambda: next(scripted),
+                 TrainConfig(epochs=1, batch_size=4, lr=0.1, eval_every=1), make_accelerator(), select_best=False)
+    last = result.selection.state["weight"]
+    assert result.selected_step == 6 and result.best_dev_accuracy == 0.8
+    assert torch.equal(model.weight, last)
+
+
+def test_extra_modules_come_back_to_the_chosen_step_with_the_model():
+    """A teacher objective's modules are stored with the teacher: they must match its weights."""
+    torch.manual_seed(0)
+    model, extra = nn.Linear(3, 2), nn.Linear(2, 2)
+    scripted = iter([0.5, 0.9, 0.7, 0.6, 0.6, 0.8])
+    snapshots = {}
+
+    def compute_loss(batch):
+        return {"ce": nn.functional.cross_entropy(extra(model(batch.input_ids.float())), batch.labels)}
+
+    def evaluate():
+        snapshots[len(snapshots) + 1] = extra.weight.detach().clone()
+        return next(scripted)
+
+    result = fit(model, toy_batches(), compute_loss, evaluate,
+                 TrainConfig(epochs=1, batch_size=4, lr=0.1, eval_every=1), make_accelerator(), extra_modules=extra)
+    assert result.selected_step == 2
+    assert torch.equal(extra.weight, snapshots[2]) and not torch.equal(extra.weight, snapshots[6])

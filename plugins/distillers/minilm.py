@@ -15,8 +15,9 @@ fine-tune on labels. Here the default is one stage, L_AT + L_VR + SCE(zs, zt; t)
 prediction loss of the TinyBERT-KD row): a stage without it leaves the classifier untrained, so
 the harness's best-on-dev checkpoint of that stage would be picked on chance-level accuracy, and
 with it every intermediate-layer baseline gets the same single-stage budget and prediction
-signal. `prediction="finetune"` runs the paper's order instead: stage "distill" (L_AT + L_VR),
-then stage "finetune" (cross-entropy on labels).
+signal. `prediction="finetune"` runs the paper's order instead: stage "distill" (L_AT + L_VR,
+which keeps its last weights, there being no trained classifier to select on), then stage
+"finetune" (cross-entropy on labels).
 
 Different head counts: MiniLMv2's relation heads (Wang et al. 2021, "MiniLMv2: Multi-Head
 Self-Attention Relation Distillation") concatenate the heads and re-split them into R relation
@@ -96,6 +97,9 @@ class MiniLM(Distiller):
         parts["value_relation"] = relation_kl(value_relation(teacher_out.values[-1], heads),
                                               value_relation(student_out.values[-1], heads), mask)
         return parts
+
+    def selects_on_dev(self, stage):
+        return stage != "distill"
 
     def loss(self, batch, student_out, teacher_out, stage):
         if stage == "finetune":

@@ -14,8 +14,9 @@ Default, as the HRKD code (cheneydon/hrkd, finetune_domain.py) runs the paper's 
 one stage summing all four parts, one projection per layer (`fit_denses`). Options:
 - `two_stage`: the TinyBERT reference's schedule, stage "intermediate" (embedding, attention,
   hidden) then stage "prediction" (SCE only), each trained for the preset's epochs (the reference
-  runs 10 intermediate and 3 prediction epochs; its intermediate stage keeps the last weights,
-  whereas the harness keeps each stage's best-on-dev checkpoint).
+  runs 10 intermediate and 3 prediction epochs). The intermediate stage never trains the
+  classifier, so it keeps its last weights, as the reference does; the prediction stage keeps
+  its best dev checkpoint.
 - `shared_projection`: the TinyBERT reference's single `fit_dense` for every layer.
 - `layer_map`: explicit teacher layers for student layers 1..M.
 Batches are padded to their longest row, not to 128 as in the references, so the MSE means run
@@ -92,6 +93,9 @@ class TinyBERT(Distiller):
             hidden = hidden + projected_hidden_mse(hs[m], ht[g], self.projection(m))
         return {"embedding": projected_hidden_mse(hs[0], ht[0], self.projection(0)),
                 "attention": attention, "hidden": hidden}
+
+    def selects_on_dev(self, stage):
+        return stage != "intermediate"
 
     def loss(self, batch, student_out, teacher_out, stage):
         if self.projections is None:

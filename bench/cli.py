@@ -33,6 +33,15 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _shard(text: str) -> tuple[int, int]:
+    from bench.jobs import parse_shard
+
+    try:
+        return parse_shard(text)
+    except BenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _seeds(text: str) -> list[int]:
     try:
         return [int(x) for x in _csv(text)]
@@ -59,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-bad-rows", action="store_true",
                      help="skip and count malformed rows instead of stopping at the first")
     run.add_argument("--overwrite", action="store_true", help="redo runs whose result exists")
+    run.add_argument("--resume", action="store_true",
+                     help="continue killed runs (and teacher trainings) from their last checkpoint")
+    run.add_argument("--shard", type=_shard, default=(1, 1), metavar="K/N",
+                     help="run the K-th of N parts of the grid (for N machines or jobs; report merges them)")
+    run.add_argument("--checkpoint-every", type=int, default=100, metavar="STEPS",
+                     help="save a training checkpoint every STEPS steps (default 100; 0: none)")
     run.add_argument("--option", dest="options", action="append", default=[], metavar="METHOD.KEY=VALUE",
                      help="a method option, e.g. kd.temperature=4 (repeatable; values as JSON, else text)")
     run.add_argument("--dry-run", action="store_true",
@@ -96,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--skip-bad-rows", action="store_true")
 
     report = sub.add_parser("report", help="tables and plots from the result store")
-    report.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR)
+    report.add_argument("--results-dir", dest="results_dirs", action="append", default=None, metavar="DIR",
+                        help=f"default {DEFAULT_RESULTS_DIR}; repeat it to merge the stores of a sharded grid")
     report.add_argument("--suite", default=None)
     report.add_argument("--format", default="md", choices=["md", "latex", "csv", "html"],
                         help="of the tables printed on stdout (csv: plain numbers, one row per method)")
@@ -149,11 +165,13 @@ def make_grid(args, registry, methods: Sequence[str]):
     return Grid(suite=suite, preset=preset, methods=distillers, domains=domains,
                 seeds=getattr(args, "seeds", None) or list(preset.seeds), data=data,
                 results_dir=getattr(args, "results_dir", DEFAULT_RESULTS_DIR), train_ratio=args.train_ratio,
-                overwrite=getattr(args, "overwrite", False),
+                overwrite=getattr(args, "overwrite", False), resume=getattr(args, "resume", False),
+                checkpoint_every=getattr(args, "checkpoint_every", 100), shard=getattr(args, "shard", (1, 1)),
                 method_options=parse_options(getattr(args, "options", []), methods))
 
 
 def cmd_run(args) -> int:
+    from bench.failures import failed_error
     from bench.plugins import get_registry
     from bench.report import build_report
     from bench.results import iter_results
@@ -167,13 +185,19 @@ def cmd_run(args) -> int:
         print("\n".join(runner.plan()))
         return 0
     written = runner.run()
+    if not runner.main:  # the main process reports for all
+        return 0
     log.info("%d result file(s) written under %s", len(written), args.results_dir)
     labels = [grid.label(m) for m in grid.methods]
     records = [r for r in iter_results(args.results_dir)
                if r["suite"]["name"] == suite.name and r["preset"] == preset.name
                and r["suite"]["train_ratio"] == args.train_ratio
                and r["method"].get("label", r["method"]["name"]) in labels]
-    print(build_report(records, suite.name, {suite.name: suite.domains}, method_order=labels))
+    if records:
+        print(build_report(records, suite.name, {suite.name: suite.domains}, method_order=labels))
+    if runner.failures:
+        print(f"error: {failed_error(runner.failures)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -263,7 +287,7 @@ def _report_command(args) -> str:
     page does not change with its name."""
     import shlex
 
-    words = ["python", "-m", "bench", "report", "--results-dir", args.results_dir]
+    words = ["python", "-m", "bench", "report"] + [w for d in args.results_dirs for w in ("--results-dir", d)]
     for flag, value in (("--suite", args.suite), ("--paper", args.paper), ("--plots", args.plots)):
         if value is not None:
             words += [flag, value]
@@ -284,7 +308,8 @@ def cmd_report(args) -> int:
     orders = {name: s.domains for name, s in get_registry().suites.items()}
     known = {d for name, domains in orders.items() if args.suite in (None, name) for d in domains}
     paper = read_paper(args.paper, known) if args.paper else None
-    tables = build_tables(iter_results(args.results_dir), args.suite, orders, paper=paper, metric=args.metric)
+    args.results_dirs = args.results_dirs or [DEFAULT_RESULTS_DIR]
+    tables = build_tables(iter_results(*args.results_dirs), args.suite, orders, paper=paper, metric=args.metric)
     print(render_tables(tables, args.format), end="")
     plots = {}
     if args.plots:
@@ -295,11 +320,11 @@ def cmd_report(args) -> int:
     if args.ratios:
         from bench.traces import write_ratio_plots
 
-        written += write_ratio_plots(iter_results(args.results_dir), args.ratios, args.suite)
+        written += write_ratio_plots(iter_results(*args.results_dirs), args.ratios, args.suite)
     if args.write:
         # Plot links are relative to the results dir's parent (results/ for results/runs), where
         # the page is meant to sit: a page written elsewhere to compare is then byte-identical.
-        link_base = Path(args.results_dir).resolve().parent
+        link_base = Path(args.results_dirs[0]).resolve().parent
         written.append(write_page(args.write, tables, _report_command(args), link_base, plots))
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
@@ -308,7 +333,10 @@ def cmd_report(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    level = logging.DEBUG if args.verbose else logging.INFO
+    if os.environ.get("RANK", "0") != "0":  # a process of accelerate/torchrun other than the main: errors only
+        level = logging.WARNING
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "datasets", "accelerate", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

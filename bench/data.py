@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from bench.api import Batch
 
@@ -74,16 +74,76 @@ class Collator:
         )
 
 
+class SeededShuffle(Sampler[int]):
+    """A new permutation of the rows on each pass, drawn from (seed, pass number) alone, so that a
+    resumed run can stand exactly where a killed one stood: `seek(passes, rows)` makes the next
+    pass the `passes`-th, starting after its first `rows` rows."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed = size, seed
+        self.passes = 0  # passes begun so far
+        self._skip = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.passes)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        skip, self._skip = self._skip, 0
+        self.passes += 1
+        return iter(order[skip:])
+
+    def seek(self, passes: int, rows: int) -> None:
+        self.passes, self._skip = passes, rows
+
+
 def make_loader(dataset, batch_size: int, pad_token_id: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    """A loader over a tokenised dataset; shuffling is seeded so runs repeat exactly."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    """A loader over a tokenised dataset; shuffling is seeded (SeededShuffle) so runs repeat
+    exactly, and resume exactly."""
+    data = dataset.with_format(None)
     return DataLoader(
-        dataset.with_format(None),
+        data,
         batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
+        sampler=SeededShuffle(len(data), seed) if shuffle else None,
         collate_fn=Collator(pad_token_id),
+        # Its own generator: else each new pass draws a seed from the global one, which dropout
+        # draws from too, and a resumed run (one pass more begun) would drop out other units.
+        generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _samplers(loader) -> list[Any]:
+    """The chain under a loader: its batch sampler, any wrappers `accelerate` added, the sampler."""
+    chain, node = [], loader
+    while True:
+        inner = getattr(node, "batch_sampler", None)
+        inner = getattr(node, "sampler", None) if inner is None else inner
+        if inner is None or len(chain) > 8:
+            return chain
+        chain.append(inner)
+        node = inner
+
+
+def seek_rows(loader, passes: int, batches: int) -> None:
+    """Make `loader`'s next pass its `passes`-th, after `batches` of its steps (each step takes a
+    batch for every process when `accelerate` shards it)."""
+    chain = _samplers(loader)
+    sampler = next((s for s in chain if isinstance(s, SeededShuffle)), None)
+    if sampler is None:
+        raise ValueError("only shuffled loaders made by make_loader can be resumed mid-pass")
+    batch_size = next(s.batch_size for s in reversed(chain) if isinstance(s, BatchSampler))
+    processes = next((s.num_processes for s in chain if hasattr(s, "num_processes")), 1)
+    sampler.seek(passes, batches * batch_size * processes)
+
+
+def seek(loader, epoch: int, steps: int) -> None:
+    """Make the next pass over `loader` (a DataLoader or a MultiDomainLoader) the one of `epoch`
+    (counted from 0) after its first `steps` steps, as if the earlier ones had run."""
+    if isinstance(loader, MultiDomainLoader):
+        loader.seek(epoch, steps)
+    else:
+        seek_rows(loader, epoch, steps)
 
 
 class MultiDomainLoader:
@@ -98,13 +158,23 @@ class MultiDomainLoader:
         if not loaders:
             raise ValueError("MultiDomainLoader needs at least one domain")
         self.loaders = loaders
+        self._start = 0  # steps of the next epoch already done (a resumed run)
 
     def __len__(self) -> int:
         return max(len(loader) for loader in self.loaders.values())
 
+    def seek(self, epoch: int, steps: int) -> None:
+        """Stand where step `steps` of epoch `epoch` left off: each domain at the pass and batch
+        it had reached (an epoch takes ceil(len / n) passes of a domain of n batches)."""
+        for loader in self.loaders.values():
+            n = len(loader)
+            seek_rows(loader, epoch * -(-len(self) // n) + steps // n, steps % n)
+        self._start = steps
+
     def __iter__(self):
+        start, self._start = self._start, 0
         iterators = {d: iter(loader) for d, loader in self.loaders.items()}
-        for _ in range(len(self)):
+        for _ in range(start, len(self)):
             step = {}
             for domain, it in iterators.items():
                 try:

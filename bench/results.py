@@ -102,12 +102,27 @@ def read_result(path: Path) -> dict[str, Any]:
     return upgrade(record)
 
 
-def iter_results(root: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    base = Path(root)
-    if not base.is_dir():
-        raise BenchError(f"no results dir {base}", "run `python -m bench run ...` first, or pass --results-dir")
-    for path in sorted(base.rglob("*.json")):
-        yield read_result(path)
+def iter_results(*roots: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Every result under `roots` (the stores of a sharded grid merge: a run found in two of them
+    is taken from the first, with a warning). Hidden folders (.failed, .checkpoints) are not results."""
+    seen: dict[tuple, Path] = {}
+    for root in roots:
+        base = Path(root)
+        if not base.is_dir():
+            raise BenchError(f"no results dir {base}", "run `python -m bench run ...` first, or pass --results-dir")
+        for path in sorted(base.rglob("*.json")):
+            if any(part.startswith(".") for part in path.relative_to(base).parts):
+                continue
+            record = read_result(path)
+            if len(roots) > 1:
+                key = (record["suite"]["name"], record["suite"].get("train_ratio"), record["preset"],
+                       record["method"].get("label", record["method"]["name"]), record["suite"]["domain"],
+                       record["seed"])
+                if key in seen:
+                    log.warning("%s is the same run as %s: keeping the first", path, seen[key])
+                    continue
+                seen[key] = path
+            yield record
 
 
 @functools.lru_cache(maxsize=1)

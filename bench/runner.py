@@ -9,6 +9,7 @@ Runs whose result file exists are skipped unless `overwrite`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -31,8 +32,12 @@ from bench.api import (
     TeacherExtras,
     TeacherObjective,
 )
+from bench.checkpoint import Checkpoint, remove_folder
 from bench.data import MultiDomainLoader, make_loader, tokenize
 from bench.errors import BenchError
+from bench.failures import Failure, clear_failure, record_failure
+from bench.jobs import Job, grid_jobs, shard_jobs
+from bench.locks import FileLock
 from bench.measure import measure_latency, param_counts
 from bench.models import build_classifier, load_config, load_tokenizer
 from bench.plugins import Registry, plugin_version
@@ -57,12 +62,18 @@ class Grid:
     train_ratio: float = 1.0  # keep the first R of each domain's training rows (few-shot)
     overwrite: bool = False
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checkpoint_every: int = 100  # steps between training checkpoints; 0: none
+    resume: bool = False  # continue killed runs from their checkpoints (else those are discarded)
+    shard: tuple[int, int] = (1, 1)  # (K, N): this job runs the K-th of N parts of the grid
 
     def __post_init__(self):
         self.preset = self.preset.for_suite(self.suite.name)
         if not 0.0 < self.train_ratio <= 1.0:
             raise BenchError(f"train ratio {self.train_ratio} is not in (0, 1]",
                              "give the fraction of each domain's training rows to keep, e.g. 0.1")
+        if self.checkpoint_every < 0:
+            raise BenchError(f"--checkpoint-every {self.checkpoint_every} is negative",
+                             "give the steps between checkpoints, or 0 for none")
         for m in self.methods:
             d = self.distiller(m)
             if d.teacher_kind not in TEACHER_KINDS or d.student_kind not in STUDENT_KINDS:
@@ -216,6 +227,8 @@ class Runner:
         # What metrics measured of the preset's student (its latency), by its number of heads: the
         # timing depends on the architecture only, so each is measured once per process, not per run.
         self._measured: dict[int, dict[str, Any]] = {}
+        self.failures: list[Failure] = []  # runs that failed, recorded under <results>/.failed/
+        self._teacher_errors: dict[tuple[str, str, str], BaseException] = {}
 
     def data(self, domain: str) -> DomainData:
         if domain not in self._data:
@@ -223,14 +236,26 @@ class Runner:
             self._data[domain] = load_domain(g.suite, domain, g.preset, g.data, g.train_ratio)
         return self._data[domain]
 
-    def pending(self) -> list[tuple[RunKey, type[Distiller]]]:
+    def jobs(self) -> list[Job]:
+        """This shard's jobs (all of the grid's without --shard)."""
+        jobs = grid_jobs(self.grid)
+        return shard_jobs(jobs, self.grid.shard) if self.grid.shard != (1, 1) else jobs
+
+    def is_pending(self, job: Job, newer_than: float | None = None) -> bool:
+        """Whether `job` has a result to write: unless `overwrite`, one of its results is missing;
+        with `newer_than`, one is missing or older (another process finished it meanwhile)."""
+        paths = [key.path(self.grid.results_dir) for key in job.keys]
+        if newer_than is not None:
+            return not all(p.exists() and p.stat().st_mtime >= newer_than for p in paths)
+        return self.grid.overwrite or not all(p.exists() for p in paths)
+
+    def pending(self) -> list[Job]:
         out = []
-        for key, method in self.grid.keys():
-            if key.path(self.grid.results_dir).exists() and not self.grid.overwrite:
-                log.info("skipping %s/%s/%s seed %d: result exists (--overwrite to redo)",
-                         key.method, key.suite, key.domain, key.seed)
+        for job in self.jobs():
+            if not self.is_pending(job):
+                log.info("skipping %s: result exists (--overwrite to redo)", job.describe())
                 continue
-            out.append((key, method))
+            out.append(job)
         return out
 
     def check_methods(self, methods: Sequence[type[Distiller]]) -> None:
@@ -243,37 +268,73 @@ class Runner:
             distiller.extra_modules(teacher_config if distiller.teacher_kind else None, student_config)
 
     def run(self) -> list[Path]:
-        g = self.grid
+        """Every pending job of this shard. A job another process holds (a second grid on the same
+        results dir) is left to it and looked at again at the end; a job that fails is recorded
+        under `.failed/` (`self.failures`) and the others go on."""
+        started = time.time()
         todo = self.pending()
         if not todo:
             return []
-        self.check_methods(list(dict.fromkeys(m for _, m in todo)))
-        written = []
-        joint: dict[tuple[type[Distiller], int], list[RunKey]] = {}
-        for domain in g.domains:  # per-domain students, domain after domain
-            for key, method in todo:
-                if key.domain != domain:
+        self.check_methods(list(dict.fromkeys(job.method for job in todo)))
+        written, deferred = [], []
+        for job in todo:
+            lock = FileLock(job.lock_path(self.grid.results_dir))
+            if not self.agree(lock.acquire(blocking=False) if self.main else None):
+                log.info("%s is running in another process: coming back to it at the end", job.describe())
+                deferred.append(job)
+                continue
+            try:
+                written += self.attempt(job)
+            finally:
+                lock.release()
+        for job in deferred:
+            with FileLock(job.lock_path(self.grid.results_dir)) if self.main else contextlib.nullcontext():
+                if not self.agree(self.is_pending(job, newer_than=started)):
+                    log.info("%s was finished by another process", job.describe())
                     continue
-                distiller = g.distiller(method)
-                if distiller.student_kind != "single":
-                    joint.setdefault((method, key.seed), []).append(key)
-                    continue
-                teacher = None
-                if distiller.teacher_kind:
-                    teacher = self.teachers(distiller.teacher_kind, [domain], distiller.teacher_objective())[domain]
-                written.append(self.write(key, self.run_one(key, distiller, teacher)))
-        for (method, seed), pending in joint.items():  # one training gives every domain's result
-            records = self.run_joint(method, seed)
-            for key, _ in g.keys():
-                if key.method == g.label(method) and key.seed == seed:
-                    if key not in pending:
-                        log.info("rewriting %s: trained together with the pending domains", key.path(g.results_dir))
-                    written.append(self.write(key, records[key.domain]))
+                written += self.attempt(job)
         return written
+
+    def attempt(self, job: Job) -> list[Path]:
+        """Run `job` and write its results; on an error, record it as failed and go on."""
+        try:
+            records = self.run_joint(job.method, job.seed) if job.joint else {
+                job.key.domain: self.run_one(job.key, self.grid.distiller(job.method), self.teacher_for(job))}
+        except Exception as exc:  # noqa: BLE001 - one failed run must not stop the grid
+            log.error("%s failed: %s", job.describe(), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.debug("traceback", exc_info=True)
+            if self.main:
+                self.failures += [record_failure(self.grid.results_dir, key, exc) for key in job.keys]
+            return []
+        written = [self.write(key, records[key.domain]) for key in job.keys]
+        remove_folder(self.checkpoint_folder(job.key))
+        return written
+
+    def teacher_for(self, job: Job) -> StoredTeacher | None:
+        distiller = self.grid.distiller(job.method)
+        if not distiller.teacher_kind:
+            return None
+        return self.teachers(distiller.teacher_kind, [job.key.domain], distiller.teacher_objective())[job.key.domain]
+
+    @property
+    def main(self) -> bool:
+        """Whether this is the process that writes (results, checkpoints, the store, logs)."""
+        return self.accelerator.is_main_process
+
+    def agree(self, value: Any) -> Any:
+        """The main process's `value`, on every process (they must take the same decisions)."""
+        if self.accelerator.num_processes == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
 
     def write(self, key: RunKey, record: dict[str, Any]) -> Path:
         path = key.path(self.grid.results_dir)
+        if not self.main:
+            return path
         write_result(path, record)
+        clear_failure(self.grid.results_dir, key)
         self.registry.pm.hook.bench_run_finished(result=record)
         log.info("%s on %s/%s seed %d: accuracy %.4f -> %s", key.method, key.suite, key.domain,
                  key.seed, record["metrics"].get("accuracy", float("nan")), path)
@@ -299,8 +360,10 @@ class Runner:
         reuse, the runs to do or skip, and the examples each would process."""
         g, p = self.grid, self.grid.preset
         todo = self.pending()
+        runs = sum(len(job.keys) for job in todo)
         lines = [f"preset {p.name}: teacher {p.teacher.describe()}, student {p.student.describe()}",
-                 f"{len(todo)} run(s) to do, {len(g.keys()) - len(todo)} already in {g.results_dir}"]
+                 f"{runs} run(s) to do, {sum(len(j.keys) for j in self.jobs()) - runs} already in {g.results_dir}"
+                 + (f" (shard {g.shard[0]}/{g.shard[1]} of {len(g.keys())} runs)" if g.shard != (1, 1) else "")]
         total = 0
         planned_teachers: set[str] = set()
 
@@ -321,22 +384,18 @@ class Runner:
             lines.append(f"{where}: {what + ' ' if what else ''}teacher {key} "
                          + ("reused from the store" if stored else f"to train ({examples} examples)"))
 
-        joint_done: set[tuple[str, int]] = set()
-        for key, method in todo:
-            distiller = g.distiller(method)
+        for job in todo:
+            distiller = g.distiller(job.method)
             kind = distiller.student_kind
-            if kind != "single" and (key.method, key.seed) in joint_done:
-                continue
+            domains = list(g.domains) if job.joint else [job.key.domain]
             if distiller.teacher_kind:
-                plan_teacher(distiller.teacher_kind, [key.domain] if distiller.teacher_kind == "single" else g.domains,
+                plan_teacher(distiller.teacher_kind, domains if distiller.teacher_kind != "single" else domains[:1],
                              distiller.teacher_objective())
-            domains = [key.domain] if kind == "single" else list(g.domains)
             examples = len(distiller.stages) * p.student_train.epochs * self.epoch_examples(kind, domains)
             total += examples
-            where = key.domain if kind == "single" else f"{','.join(g.domains)} ({kind} student)"
-            lines.append(f"{where}: {method.name} seed {key.seed}: {examples} examples"
+            where = job.key.domain if not job.joint else f"{','.join(g.domains)} ({kind} student)"
+            lines.append(f"{where}: {job.method.name} seed {job.seed}: {examples} examples"
                          + (" (+ teacher forwards)" if distiller.teacher_kind else ""))
-            joint_done.add((key.method, key.seed))
         lines.append(f"examples to process in all: {total}")
         return lines
 
@@ -356,19 +415,49 @@ class Runner:
         """Each domain's teacher of `kind`: a single-domain teacher is trained per domain, a mix
         or multi one on all the grid's domains at once; with a method's `objective`, by it."""
         tag = json.dumps(_objective_identity(objective), sort_keys=True)
+        for d in domains:  # a teacher that failed fails every run that needs it, without a retry
+            if (failed := self._teacher_errors.get((kind, tag, d))) is not None:
+                raise BenchError(f"its {kind} teacher on {d} failed earlier in this grid: "
+                                 f"{type(failed).__name__}: {str(failed).splitlines()[0] if str(failed) else ''}",
+                                 "see the first failure's traceback under the results' .failed/ folder")
         missing = [d for d in domains if (kind, tag, d) not in self._teachers]
-        if kind == "single":
-            for d in missing:
-                self._teachers[(kind, tag, d)] = self.single_teacher(d, objective)
-        elif missing:
-            for d, t in self.joint_teacher(kind, objective).items():
-                self._teachers[(kind, tag, d)] = t
+        try:
+            if kind == "single":
+                for d in missing:
+                    self._teachers[(kind, tag, d)] = self.single_teacher(d, objective)
+            elif missing:
+                for d, t in self.joint_teacher(kind, objective).items():
+                    self._teachers[(kind, tag, d)] = t
+        except Exception as exc:
+            for d in (missing if kind == "single" else self.grid.domains):
+                if (kind, tag, d) not in self._teachers:
+                    self._teacher_errors[(kind, tag, d)] = exc
+            raise
         return {d: self._teachers[(kind, tag, d)] for d in domains}
 
     def _stored(self, identity: dict[str, Any], train) -> dict[str, StoredTeacher]:
+        """The teacher `identity` names, from the store or trained by `train(model, checkpoint)`;
+        a killed teacher training resumes with --resume from `<store>/.partial/<key>/`."""
         if self.vocab_map:  # trained on the student's tokenisation, mapped
             identity["input_vocab"] = {"student": self.grid.preset.student.ref, "specials": self.vocab_map.specials}
-        stored = get_or_train_teacher(identity, len(self.grid.suite.labels), train, self.store)
+        folder = self.store.root / ".partial" / teacher_key(identity)
+        if folder.exists() and not self.grid.resume and self.main:
+            log.info("discarding the checkpoint of an earlier teacher training in %s (--resume continues it)", folder)
+            remove_folder(folder)
+        # One process trains a given teacher at a time: another grid that needs it waits, then reuses it.
+        lock = FileLock(self.store.root / ".locks" / f"{teacher_key(identity)}.lock")
+        if self.main and not lock.acquire(blocking=False):
+            log.info("teacher %s is being trained by another process: waiting for it", teacher_key(identity))
+            lock.acquire()
+        try:
+            self.accelerator.wait_for_everyone()  # the others look into the store once the main holds the lock
+            stored = get_or_train_teacher(identity, len(self.grid.suite.labels),
+                                          lambda model: train(model, Checkpoint(folder)), self.store, save=self.main)
+            self.accelerator.wait_for_everyone()
+        finally:
+            lock.release()
+        if self.main:
+            remove_folder(folder)
         for t in stored.values():
             t.model.to(self.accelerator.device).eval()
         return stored
@@ -407,11 +496,11 @@ class Runner:
         p = self.grid.preset
         data = self.data(domain)
 
-        def train(model):
+        def train(model, checkpoint):
             view = self.teacher_view(model)
             loss, modules, tensors = self.teacher_loss(view, objective, [domain])
             trained = self.train_and_test(view, loss, data, self.student_tokenizer, p.teacher_train, p.teacher_seed,
-                                          f"teacher {domain}", extra_modules=modules)
+                                          f"teacher {domain}", extra_modules=modules, checkpoint=checkpoint)
             return {"dev_accuracy": trained.selection.dev_accuracy, "test_accuracy": trained.test_accuracy,
                     "steps": trained.fit.steps, "selected_step": trained.selection.step,
                     "history": trained.fit.history}, None, _extras(modules, tensors)
@@ -424,11 +513,11 @@ class Runner:
         g, p = self.grid, self.grid.preset
         data = {d: self.data(d) for d in g.domains}
 
-        def train(model):
+        def train(model, checkpoint):
             view = self.teacher_view(model)
             loss, modules, tensors = self.teacher_loss(view, objective, g.domains)
             trained = self.train_and_test_joint(view, loss, kind, p.teacher_train, p.teacher_seed,
-                                                f"{kind} teacher", extra_modules=modules)
+                                                f"{kind} teacher", extra_modules=modules, checkpoint=checkpoint)
             per_domain = {d: {"dev_accuracy": t.selection.dev_accuracy, "test_accuracy": t.test_accuracy,
                               "selected_step": t.selection.step} for d, t in trained.items()}
             fit = next(iter(trained.values())).fit
@@ -459,7 +548,8 @@ class Runner:
 
     # -- training -----------------------------------------------------------------------
     def train_and_test(self, model, compute_loss, data: DomainData, tokenizer, config: TrainConfig, seed: int,
-                       desc: str, extra_modules=None, trace=None, select_best: bool = True) -> Trained:
+                       desc: str, extra_modules=None, trace=None, select_best: bool = True,
+                       checkpoint: Checkpoint | None = None) -> Trained:
         from accelerate.utils import set_seed
 
         set_seed(seed)
@@ -474,11 +564,13 @@ class Runner:
             return accuracy(*predict(model, dev_loader, self.accelerator))
 
         result = fit(model, train_loader, compute_loss, dev_accuracy, config, self.accelerator,
-                     extra_modules=extra_modules, desc=desc, trace=trace, select_best=select_best)
+                     extra_modules=extra_modules, desc=desc, trace=trace, select_best=select_best,
+                     checkpoint=checkpoint, checkpoint_every=self.grid.checkpoint_every)
         return Trained(result, result.selection, *predict(model, test_loader, self.accelerator))
 
     def train_and_test_joint(self, model, compute_loss, kind: str, config: TrainConfig, seed: int, desc: str,
-                             extra_modules=None, trace=None, select_best: bool = True) -> dict[str, Trained]:
+                             extra_modules=None, trace=None, select_best: bool = True,
+                             checkpoint: Checkpoint | None = None) -> dict[str, Trained]:
         """Train on all the grid's domains at once. multi: MultiDomainBatches of `batch_size`
         rows per domain, each domain's best dev checkpoint kept and tested on that domain; mix:
         batches of `batch_size` x domains rows from the shuffled union, one checkpoint selected
@@ -508,7 +600,7 @@ class Runner:
 
         result = fit(model, train_loader, compute_loss, dev_accuracy, config, self.accelerator,
                      extra_modules=extra_modules, desc=desc, trace=trace, select_on_mean=kind != "multi",
-                     select_best=select_best)
+                     select_best=select_best, checkpoint=checkpoint, checkpoint_every=self.grid.checkpoint_every)
         out = {}
         for d in domains:
             selection = result.selections[d] if kind == "multi" else result.selection
@@ -516,6 +608,40 @@ class Runner:
                 model.load_state_dict(selection.state)
             out[d] = Trained(result, selection, *predict(model, test[d], self.accelerator))
         return out
+
+    # -- checkpoints --------------------------------------------------------------------
+    def checkpoint_folder(self, key: RunKey) -> Path:
+        """`<results>/.checkpoints/<suite>/<preset>/<method>/<domain>/seed<N>/`: beside the results,
+        so a run resumes wherever the results dir is (another node of a cluster)."""
+        return key.path(Path(self.grid.results_dir) / ".checkpoints").with_suffix("")
+
+    def stage_checkpoints(self, key: RunKey, distiller: Distiller) -> list[tuple[str, Checkpoint]]:
+        """Each stage of a run with its checkpoint. Without --resume a killed run's checkpoints are
+        discarded: they may come from other code or settings."""
+        folder = self.checkpoint_folder(key)
+        if folder.exists() and not self.grid.resume and self.main:
+            log.info("discarding the checkpoints of an earlier %s/%s seed %d (--resume continues from them)",
+                     key.method, key.domain, key.seed)
+            remove_folder(folder)
+        self.accelerator.wait_for_everyone()
+        return [(stage, Checkpoint(folder, f"{i}-{stage}")) for i, stage in enumerate(distiller.stages)]
+
+    def resumable_stage(self, stage: str, checkpoint: Checkpoint, student, extra, train):
+        """`train(stage, checkpoint)` (a Trained, or one per domain), unless the stage had finished
+        before the run was killed: then its outcome and the student it left are loaded."""
+        done = Checkpoint(checkpoint.folder, checkpoint.path.stem + ".done")
+        if (saved := done.load()) is not None:
+            student.load_state_dict(saved["student"])
+            if extra is not None:
+                extra.load_state_dict(saved["extra"])
+            log.info("stage %s was done before the run stopped: loaded from %s", checkpoint.path.stem, done.path)
+            return _trained_from_state(saved["trained"])
+        trained = train(stage, checkpoint)
+        if self.grid.checkpoint_every and self.main:
+            done.save({"student": student.state_dict(), "extra": extra.state_dict() if extra is not None else None,
+                       "trained": _trained_state(trained)})
+            checkpoint.remove()
+        return trained
 
     # -- runs ---------------------------------------------------------------------------
     def bind_teacher(self, distiller: Distiller, teacher: StoredTeacher) -> None:
@@ -568,13 +694,16 @@ class Runner:
         compute_loss = self.student_forward(distiller, student, {key.domain: teacher} if teacher else None)
 
         start = time.perf_counter()
-        stages = []
-        for stage in distiller.stages:
-            stages.append(self.train_and_test(
-                student, lambda b, stage=stage: compute_loss(b, stage), self.data(key.domain), self.student_tokenizer,
+        def train_stage(stage: str, checkpoint: Checkpoint) -> Trained:
+            return self.train_and_test(
+                student, lambda b: compute_loss(b, stage), self.data(key.domain), self.student_tokenizer,
                 p.student_train, key.seed,
                 f"{key.method} {key.domain} s{key.seed}" + (f" {stage}" if len(distiller.stages) > 1 else ""),
-                extra_modules=extra, trace=distiller.trace, select_best=distiller.selects_on_dev(stage)))
+                extra_modules=extra, trace=distiller.trace, select_best=distiller.selects_on_dev(stage),
+                checkpoint=checkpoint)
+
+        stages = [self.resumable_stage(stage, checkpoint, student, extra, train_stage)
+                  for stage, checkpoint in self.stage_checkpoints(key, distiller)]
         train_seconds = time.perf_counter() - start
         return self.record(key, distiller, stages, student, extra, teacher, train_seconds, [key.domain])
 
@@ -598,12 +727,15 @@ class Runner:
         label = g.label(method)
 
         start = time.perf_counter()
-        stages = []
-        for stage in distiller.stages:
-            stages.append(self.train_and_test_joint(
-                student, lambda b, stage=stage: compute_loss(b, stage), kind, p.student_train, seed,
+        def train_stage(stage: str, checkpoint: Checkpoint) -> dict[str, Trained]:
+            return self.train_and_test_joint(
+                student, lambda b: compute_loss(b, stage), kind, p.student_train, seed,
                 f"{label} {kind} s{seed}" + (f" {stage}" if len(distiller.stages) > 1 else ""),
-                extra_modules=extra, trace=distiller.trace, select_best=distiller.selects_on_dev(stage)))
+                extra_modules=extra, trace=distiller.trace, select_best=distiller.selects_on_dev(stage),
+                checkpoint=checkpoint)
+
+        stages = [self.resumable_stage(stage, checkpoint, student, extra, train_stage)
+                  for stage, checkpoint in self.stage_checkpoints(self.joint_job(method, seed).key, distiller)]
         train_seconds = time.perf_counter() - start
         records = {}
         for domain in g.domains:
@@ -614,6 +746,9 @@ class Runner:
             records[domain] = self.record(key, distiller, trained, student, extra,
                                           teachers[domain] if teachers else None, train_seconds, list(g.domains))
         return records
+
+    def joint_job(self, method: type[Distiller], seed: int) -> Job:
+        return next(j for j in grid_jobs(self.grid) if j.method is method and j.seed == seed)
 
     def record(self, key: RunKey, distiller: Distiller, stages: list[Trained], student, extra,
                teacher: StoredTeacher | None, train_seconds: float, trained_on: list[str]) -> dict[str, Any]:
@@ -671,6 +806,25 @@ class Runner:
                         else 0.0,
                         "train_seconds": round(train_seconds, 3), "eval_seconds": round(eval_seconds, 3)},
         }
+
+
+def _trained_state(trained: Trained | dict[str, Trained]) -> dict[str, Any]:
+    """A stage's outcome as checkpoint data: the fit's figures and each selection with its state."""
+    per = trained if isinstance(trained, dict) else {"": trained}
+    fit = next(iter(per.values())).fit
+    return {"fit": {"steps": fit.steps, "examples": fit.examples, "wall_seconds": fit.wall_seconds,
+                    "history": fit.history, "selections": {k: vars(v) for k, v in fit.selections.items()}},
+            "domains": {d: {"selection": vars(t.selection), "test_preds": t.test_preds, "test_golds": t.test_golds}
+                        for d, t in per.items()}}
+
+
+def _trained_from_state(state: dict[str, Any]) -> Trained | dict[str, Trained]:
+    f = state["fit"]
+    fit = FitResult(f["steps"], f["examples"], f["wall_seconds"],
+                    {k: Selection(**v) for k, v in f["selections"].items()}, f["history"])
+    per = {d: Trained(fit, Selection(**t["selection"]), t["test_preds"], t["test_golds"])
+           for d, t in state["domains"].items()}
+    return per[""] if list(per) == [""] else per
 
 
 def _extras(modules, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:

@@ -115,12 +115,13 @@ class TeacherStore:
 
 
 def get_or_train_teacher(identity: dict[str, Any], num_labels: int, train_fn, store: TeacherStore,
-                         ) -> dict[str, StoredTeacher]:
+                         save: bool = True) -> dict[str, StoredTeacher]:
     """The teacher `identity` describes, per domain it serves: loaded from the store, or trained
     with `train_fn(model) -> (info, states, extras)` and stored. `states` is None when `model` ends
     with the selected weights, or a multi teacher's checkpoint per domain; `extras` are a teacher
     objective's named tensors, or None. A domain's StoredTeacher
-    carries that domain's figures (info["domains"][domain]) at the top of its info."""
+    carries that domain's figures (info["domains"][domain]) at the top of its info. `save=False`:
+    train without storing (the processes of a multi-process job other than the main one)."""
     from bench.models import ModelSpec
 
     key = teacher_key(identity)
@@ -147,7 +148,8 @@ def get_or_train_teacher(identity: dict[str, Any], num_labels: int, train_fn, st
     start = time.perf_counter()
     info, states, extras = train_fn(model)
     info = {"identity": identity, **info, "wall_seconds": round(time.perf_counter() - start, 2)}
-    store.save(key, model, info, states, extras)
+    if save:
+        store.save(key, model, info, states, extras)
     if states is None:
         return per_domain({"model": model}, info, extras, trained_now=True)
     models = {}

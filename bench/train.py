@@ -19,7 +19,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bench.api import Batch, MultiDomainBatch
-from bench.data import batch_examples
+from bench.checkpoint import Checkpoint, rng_state, set_rng_state
+from bench.data import batch_examples, seek
+from bench.errors import BenchError
 from bench.models import clone_state
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,25 @@ class FitResult:
         return self.selection.dev_accuracy
 
 
+class NonFiniteLoss(BenchError):
+    """A loss that became NaN or infinite: the run stops at that step, before the weights are spoilt."""
+
+
+def check_finite(loss: torch.Tensor, parts: dict[str, torch.Tensor], desc: str, step: int, accelerator) -> None:
+    """Raise NonFiniteLoss when `loss` is not finite on any process (all stop together, or the
+    others would wait forever at the next gradient all-reduce)."""
+    finite = torch.isfinite(loss.detach())
+    if accelerator.num_processes > 1:
+        finite = accelerator.reduce(finite.to(torch.float32).reshape(1), reduction="sum") == accelerator.num_processes
+    if bool(finite.all()):
+        return
+    bad = ", ".join(f"{k}={v.item():g}" for k, v in parts.items() if not torch.isfinite(v.detach()).all())
+    raise NonFiniteLoss(
+        f"{desc}: the loss is {loss.item():g} at step {step}" + (f" ({bad})" if bad else " on another process"),
+        "lower the learning rate (and check the method's loss for a log of 0 or a division by 0); "
+        "the run is stopped, the grid goes on")
+
+
 def make_accelerator():
     from accelerate import Accelerator
 
@@ -107,6 +128,8 @@ def fit(
     trace: Callable[[], dict[str, Any] | None] | None = None,
     select_on_mean: bool = False,
     select_best: bool = True,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_every: int = 0,
 ) -> FitResult:
     """Train `model` (and `extra_modules`) on `compute_loss`, keep the best dev checkpoints.
 
@@ -119,7 +142,8 @@ def fit(
     evaluation, adds what a method wants recorded to that step's history. `select_on_mean`:
     one checkpoint, the best on the mean of the dev figures (a model trained on the union).
     `select_best=False`: keep the last weights instead (a stage that does not train the
-    classifier, whose dev accuracy says nothing).
+    classifier, whose dev accuracy says nothing). With a `checkpoint`, the loop saves its whole
+    state every `checkpoint_every` steps and, when the checkpoint holds one, resumes from it.
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -141,15 +165,41 @@ def fit(
 
     selections: dict[str, Selection] = {}
     history: list[dict[str, Any]] = []
-    step = examples = 0
+    step = examples = epoch = epoch_step = 0
+    wall_before = 0.0
+    if checkpoint is not None and (saved := checkpoint.load()) is not None:
+        accelerator.unwrap_model(model).load_state_dict(saved["model"])
+        if extra_modules is not None:
+            accelerator.unwrap_model(extra_modules).load_state_dict(saved["extra"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        step, examples, epoch, epoch_step = saved["step"], saved["examples"], saved["epoch"], saved["epoch_step"]
+        wall_before, history = saved["wall_seconds"], saved["history"]
+        selections = {k: Selection(**v) for k, v in saved["selections"].items()}
+        set_rng_state(saved["rng"])
+        seek(train_loader, epoch, epoch_step)
+        log.info("%s: resuming at step %d/%d from %s", desc, step, total, checkpoint.path)
+
+    def save_checkpoint() -> None:
+        at_end = epoch_step == steps_per_epoch  # the next pass is the next epoch's first
+        checkpoint.save({
+            "model": accelerator.unwrap_model(model).state_dict(),
+            "extra": accelerator.unwrap_model(extra_modules).state_dict() if extra_modules is not None else None,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "step": step, "examples": examples, "epoch": epoch + at_end, "epoch_step": 0 if at_end else epoch_step,
+            "wall_seconds": wall_before + time.perf_counter() - start, "history": history,
+            "selections": {k: vars(v) for k, v in selections.items()}, "rng": rng_state()})
+
     start = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, unit="step", disable=None, dynamic_ncols=True, leave=False)
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True, leave=False,
+               disable=None if accelerator.is_main_process else True)
     while step < total:
         for batch in train_loader:
             for m in trained:
                 m.train()
             parts = compute_loss(batch)
             loss = sum(parts.values())
+            check_finite(loss, parts, desc, step + 1, accelerator)
             accelerator.backward(loss)
             if config.max_grad_norm:
                 accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -157,8 +207,9 @@ def fit(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            epoch_step += 1
             examples += batch_examples(batch)
-            rate = examples / max(time.perf_counter() - start, 1e-9)
+            rate = examples / max(wall_before + time.perf_counter() - start, 1e-9)
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.4f}", ex_s=f"{rate:.1f}", refresh=False)
             if step % eval_every == 0 or step == total:
@@ -181,10 +232,15 @@ def fit(
                         selections[key] = Selection(
                             step, value, clone_state(accelerator.unwrap_model(model)),
                             clone_state(accelerator.unwrap_model(extra_modules)) if extra_modules is not None else None)
+            if (checkpoint is not None and checkpoint_every and step % checkpoint_every == 0 and step < total
+                    and accelerator.is_main_process):
+                save_checkpoint()
             if step >= total:
                 break
+        else:  # a whole pass: the next one is the next epoch's
+            epoch, epoch_step = epoch + 1, 0
     bar.close()
-    wall = time.perf_counter() - start
+    wall = wall_before + time.perf_counter() - start
     accelerator.free_memory()  # drop the accelerator's references, or every run of a grid stays in memory
     unwrapped = accelerator.unwrap_model(model)
     if len(selections) == 1:

@@ -138,7 +138,7 @@ def test_a_teacher_does_not_depend_on_what_ran_before(tmp_path, data_dir, monkey
         monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / f"store{i}"))
         assert main(["run", "--methods", methods, "--suite", "amazon", "--preset", "smoke", "--domains",
                      "books", "--results-dir", str(tmp_path / f"r{i}"), "--data-dir", str(data_dir)]) == 0
-        (folder,) = (tmp_path / f"store{i}" / "teachers").iterdir()
+        (folder,) = [f for f in (tmp_path / f"store{i}" / "teachers").iterdir() if not f.name.startswith(".")]
         from safetensors.torch import load_file
 
         weights.append(load_file(str(folder / "model.safetensors")))

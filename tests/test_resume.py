@@ -1,0 +1,127 @@
+"""A run killed with SIGKILL mid-training and resumed with --resume ends exactly as an
+uninterrupted run: same dev curve, same selected checkpoints, same test metrics."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from bench.cli import main
+
+# A third party's plugin, as a killed job would load it: two methods that kill their own process
+# with SIGKILL once, at a chosen training step (the marker file makes the resumed run live on).
+DOOMED = '''
+import os
+import signal
+from pathlib import Path
+
+from bench.hookspecs import hookimpl
+from bench_plugins.distillers.finetune import FineTuneMTL
+from bench_plugins.distillers.tinybert import TinyBERT
+
+
+def _step(distiller):
+    distiller.calls = getattr(distiller, "calls", 0) + 1
+    at, marker = os.environ.get("DIE_AT_STEP"), Path(os.environ.get("DIE_MARKER", "unused"))
+    if at and distiller.calls == int(at) and not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DoomedTinyBERT(TinyBERT):
+    name = "doomed-tinybert"
+
+    def __init__(self, options=None):
+        super().__init__({"two_stage": True, **(options or {})})
+
+    def loss(self, batch, student_out, teacher_out, stage):
+        _step(self)
+        return super().loss(batch, student_out, teacher_out, stage)
+
+
+class DoomedMTL(FineTuneMTL):
+    name = "doomed-mtl"
+
+    def multi_domain_loss(self, batch, student_out, teacher_out, stage):
+        _step(self)
+        return super().multi_domain_loss(batch, student_out, teacher_out, stage)
+
+
+@hookimpl
+def bench_register_distillers(register):
+    register(DoomedTinyBERT)
+    register(DoomedMTL)
+'''
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("doomed")
+    (root / "doomed_plugin.py").write_text(DOOMED)
+    dist = root / "doomed_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: doomed-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[bench]\ndoomed = doomed_plugin\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("BENCH_NO_ENTRY_POINTS", "BENCH_LOAD_PLUGINS")}
+    env.update(PYTHONPATH=os.pathsep.join([str(root), env.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1",
+               BENCH_CACHE_DIR=str(root / "cache"))  # teachers trained once for every run here
+    return env
+
+
+def bench_run(env, method, domains, results, *extra, die_at=None, marker=None):
+    env = dict(env)
+    if die_at:
+        env.update(DIE_AT_STEP=str(die_at), DIE_MARKER=str(marker))
+    return subprocess.run([sys.executable, "-m", "bench", "run", "--methods", method, "--suite", "amazon",
+                           "--preset", "smoke", "--domains", domains, "--results-dir", str(results), *extra],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def outcome(results, method, domain):
+    record = json.loads((results / "amazon" / "smoke" / method / domain / "seed1.json").read_text())
+    history = [{k: v for k, v in h.items()} for h in record["train"]["history"]]
+    return record["metrics"]["accuracy"], record["metrics"]["macro_f1"], record["train"]["selected_step"], history
+
+
+# (method, domains, the step to die at): in the second stage after a checkpoint at its step 4; right
+# after an epoch's last step (step 7: the checkpoint at step 6 ends epoch one); in a joint training.
+CASES = [("doomed-tinybert", "books", 17), ("doomed-tinybert", "books", 7), ("doomed-mtl", "books,dvd", 5)]
+
+
+@pytest.mark.parametrize("method,domains,die_at", CASES)
+def test_a_killed_run_resumes_to_the_same_result(method, domains, die_at, plugin_env, data_dir, tmp_path):
+    plugin_env = {**plugin_env, "BENCH_DATA_DIR": str(data_dir)}
+    whole = bench_run(plugin_env, method, domains, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    killed = bench_run(plugin_env, method, domains, tmp_path / "killed", "--checkpoint-every", "2",
+                       die_at=die_at, marker=tmp_path / "died")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (tmp_path / "died").exists()
+    assert list((tmp_path / "killed" / ".checkpoints").rglob("*.pt"))
+
+    resumed = bench_run(plugin_env, method, domains, tmp_path / "killed", "--checkpoint-every", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming at step" in resumed.stderr
+    for domain in domains.split(","):
+        assert outcome(tmp_path / "killed", method, domain) == outcome(tmp_path / "whole", method, domain)
+    assert not list((tmp_path / "killed" / ".checkpoints").rglob("*.pt"))  # a finished run keeps none
+
+
+def test_without_resume_a_killed_runs_checkpoints_are_discarded(plugin_env, data_dir, tmp_path):
+    plugin_env = {**plugin_env, "BENCH_DATA_DIR": str(data_dir)}
+    killed = bench_run(plugin_env, "doomed-tinybert", "books", tmp_path, "--checkpoint-every", "2",
+                       die_at=5, marker=tmp_path / "died")
+    assert killed.returncode == -signal.SIGKILL
+    again = bench_run(plugin_env, "doomed-tinybert", "books", tmp_path, "--checkpoint-every", "2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "discarding the checkpoints" in again.stderr and "resuming" not in again.stderr
+
+
+def test_a_negative_checkpoint_interval_is_refused(data_dir, capsys):
+    assert main(["run", "--methods", "kd", "--suite", "amazon", "--preset", "smoke", "--data-dir", str(data_dir),
+                 "--checkpoint-every", "-1", "--dry-run"]) == 2
+    assert "--checkpoint-every -1 is negative" in capsys.readouterr().err

@@ -127,13 +127,14 @@ def _samplers(loader) -> list[Any]:
 
 def seek_rows(loader, passes: int, batches: int) -> None:
     """Make `loader`'s next pass its `passes`-th, after `batches` of its steps (each step takes a
-    batch for every process when `accelerate` shards it)."""
+    batch for every process when `accelerate` shards it without splitting batches)."""
     chain = _samplers(loader)
     sampler = next((s for s in chain if isinstance(s, SeededShuffle)), None)
     if sampler is None:
         raise ValueError("only shuffled loaders made by make_loader can be resumed mid-pass")
     batch_size = next(s.batch_size for s in reversed(chain) if isinstance(s, BatchSampler))
-    processes = next((s.num_processes for s in chain if hasattr(s, "num_processes")), 1)
+    shard = next((s for s in chain if hasattr(s, "num_processes")), None)  # accelerate's, when sharded
+    processes = 1 if shard is None or getattr(shard, "split_batches", False) else shard.num_processes
     sampler.seek(passes, batches * batch_size * processes)
 
 

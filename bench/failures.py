@@ -36,7 +36,8 @@ def failure_path(results_dir: str | Path, key: RunKey) -> Path:
 def record_failure(results_dir: str | Path, key: RunKey, exc: BaseException) -> Failure:
     """Write the failure record and traceback of `key`'s run, which raised `exc`."""
     path = failure_path(results_dir, key)
-    message = str(exc).splitlines()[0] if str(exc) else ""
+    full = exc.what if isinstance(exc, BenchError) else str(exc)  # a BenchError's str() ends with its hint
+    message = full.splitlines()[0] if full else ""
     error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     trace = path.with_suffix(".traceback.txt")
     trace.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +45,7 @@ def record_failure(results_dir: str | Path, key: RunKey, exc: BaseException) -> 
     write_result(path, {
         "run": {"suite": key.suite, "preset": key.preset, "method": key.method, "domain": key.domain,
                 "seed": key.seed, "train_ratio": key.train_ratio},
-        "error": {"type": type(exc).__name__, "message": str(exc),
+        "error": {"type": type(exc).__name__, "message": full,
                   "hint": exc.hint if isinstance(exc, BenchError) else None},
         "traceback_file": trace.name, "git": git_state(), "created": now_utc()})
     return Failure(key, error, path)

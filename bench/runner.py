@@ -219,6 +219,12 @@ class Runner:
         self.grid = grid
         self.registry = registry
         self.accelerator = make_accelerator()
+        processes = self.accelerator.num_processes
+        for what, config in (("teacher", grid.preset.teacher_train), ("student", grid.preset.student_train)):
+            if config.batch_size % processes:
+                raise BenchError(f"the {grid.preset.name} preset's {what} batch of {config.batch_size} does not "
+                                 f"split over {processes} processes",
+                                 "launch a number of processes that divides it (each takes an equal part)")
         self.store = TeacherStore()
         self.machine = machine_info(registry.pm, world_size=self.accelerator.num_processes)
         self._teacher_timing: dict[str, Any] | None = None
@@ -306,8 +312,10 @@ class Runner:
             if self.main:
                 self.failures += [record_failure(self.grid.results_dir, key, exc) for key in job.keys]
             return []
-        written = [self.write(key, records[key.domain]) for key in job.keys]
-        remove_folder(self.checkpoint_folder(job.key))
+        written = [self.write(key, records.get(key.domain)) for key in job.keys]
+        if self.main:
+            remove_folder(self.checkpoint_folder(job.key))
+        self.accelerator.wait_for_everyone()
         return written
 
     def teacher_for(self, job: Job) -> StoredTeacher | None:
@@ -705,6 +713,8 @@ class Runner:
         stages = [self.resumable_stage(stage, checkpoint, student, extra, train_stage)
                   for stage, checkpoint in self.stage_checkpoints(key, distiller)]
         train_seconds = time.perf_counter() - start
+        if not self.main:  # the main process writes the result (and times the student alone)
+            return {}
         return self.record(key, distiller, stages, student, extra, teacher, train_seconds, [key.domain])
 
     def run_joint(self, method: type[Distiller], seed: int) -> dict[str, dict[str, Any]]:
@@ -738,7 +748,7 @@ class Runner:
                   for stage, checkpoint in self.stage_checkpoints(self.joint_job(method, seed).key, distiller)]
         train_seconds = time.perf_counter() - start
         records = {}
-        for domain in g.domains:
+        for domain in g.domains if self.main else ():
             trained = [s[domain] for s in stages]
             if trained[-1].selection.state is not None:
                 student.load_state_dict(trained[-1].selection.state)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -101,8 +102,14 @@ def check_finite(loss: torch.Tensor, parts: dict[str, torch.Tensor], desc: str, 
 
 def make_accelerator():
     from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
-    return Accelerator()
+    # Under torchrun or `accelerate launch` on a machine without an accelerator, accelerate runs
+    # the processes as one group (gloo) only when told the job is on the CPU.
+    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+    # The preset's batch is the global batch: each of N processes takes 1/N of every batch, so a
+    # run on N processes takes the steps, schedule and evaluations of the 1-process run.
+    return Accelerator(cpu=cpu, dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
 def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
@@ -208,7 +215,7 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             epoch_step += 1
-            examples += batch_examples(batch)
+            examples += batch_examples(batch) * accelerator.num_processes  # every process took its part
             rate = examples / max(wall_before + time.perf_counter() - start, 1e-9)
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.4f}", ex_s=f"{rate:.1f}", refresh=False)

@@ -110,6 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--data-dir", default=None, help="default: $BENCH_DATA_DIR, else ./data")
     stats.add_argument("--skip-bad-rows", action="store_true")
 
+    prof = sub.add_parser("profile", help="time each phase of a method's distillation step")
+    prof.add_argument("--method", required=True)
+    prof.add_argument("--suite", required=True)
+    prof.add_argument("--preset", default=None, help="its models and max length, unless given (default: cpu)")
+    prof.add_argument("--teacher", default=None, metavar="REF", help="e.g. random:bert-base (no training needed)")
+    prof.add_argument("--student", default=None, metavar="REF", help="e.g. random:tinybert-4l312")
+    prof.add_argument("--domains", type=_csv, default=None, help="default: all of the suite's")
+    prof.add_argument("--batch-per-domain", type=int, default=4)
+    prof.add_argument("--max-len", type=int, default=None, help="default: the preset's")
+    prof.add_argument("--steps", type=int, default=10, help="steps timed (after --warmup steps)")
+    prof.add_argument("--warmup", type=int, default=2)
+    prof.add_argument("--data-dir", default=None, help="default: $BENCH_DATA_DIR, else ./data")
+    prof.add_argument("--skip-bad-rows", action="store_true")
+    prof.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+
     report = sub.add_parser("report", help="tables and plots from the result store")
     report.add_argument("--results-dir", dest="results_dirs", action="append", default=None, metavar="DIR",
                         help=f"default {DEFAULT_RESULTS_DIR}; repeat it to merge the stores of a sharded grid")
@@ -198,6 +213,28 @@ def cmd_run(args) -> int:
     if runner.failures:
         print(f"error: {failed_error(runner.failures)}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from bench.api import DataConfig
+    from bench.datadir import resolve_data_dir
+    from bench.plugins import get_registry
+    from bench.presets import DEFAULT_PRESET, get_preset
+    from bench.profile import as_dict, parse_model, profile
+
+    registry = get_registry()
+    suite = registry.suite(args.suite)
+    method = registry.distiller(args.method)
+    preset = get_preset(args.preset or DEFAULT_PRESET)
+    domains = args.domains or list(suite.domains)
+    suite.check_domains(domains)
+    result = profile(registry, method, suite, preset, DataConfig(resolve_data_dir(args.data_dir), args.skip_bad_rows),
+                     domains, args.teacher and parse_model(args.teacher), args.student and parse_model(args.student),
+                     args.batch_per_domain, args.max_len or preset.max_len, args.steps, args.warmup)
+    print("\n".join(result.lines()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(as_dict(result), indent=2) + "\n")
     return 0
 
 
@@ -343,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no bar per weight file loaded
     try:
         commands = {"run": cmd_run, "ls": cmd_ls, "data": cmd_data, "teacher": cmd_teacher,
-                    "report": cmd_report}
+                    "report": cmd_report, "profile": cmd_profile}
         return commands[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

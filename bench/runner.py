@@ -44,7 +44,7 @@ from bench.plugins import Registry, plugin_version
 from bench.presets import Preset
 from bench.results import SCHEMA_VERSION, RunKey, git_state, machine_info, now_utc, write_result
 from bench.teachers import StoredTeacher, TeacherStore, get_or_train_teacher, teacher_key
-from bench.train import FitResult, Selection, TrainConfig, accuracy, fit, make_accelerator, predict
+from bench.train import FitResult, Selection, TrainConfig, accuracy, fit, make_accelerator, predict, untimed
 from bench.vocab import MappedTeacher, VocabMap, align
 
 log = logging.getLogger(__name__)
@@ -576,6 +576,21 @@ class Runner:
                      checkpoint=checkpoint, checkpoint_every=self.grid.checkpoint_every)
         return Trained(result, result.selection, *predict(model, test_loader, self.accelerator))
 
+    def joint_train_loader(self, kind: str, batch_size: int, seed: int):
+        """multi: a MultiDomainLoader of `batch_size` rows per domain; mix: batches of `batch_size`
+        x domains rows of the shuffled union."""
+        from datasets import concatenate_datasets
+
+        tokenizer, domains = self.student_tokenizer, list(self.grid.domains)
+        train = [self.data(d).tokenized("train", tokenizer) for d in domains]
+        if kind == "multi":
+            return MultiDomainLoader({
+                d: self.accelerator.prepare(make_loader(rows, batch_size, tokenizer.pad_token_id, shuffle=True,
+                                                        seed=seed + 1009 * i))
+                for i, (d, rows) in enumerate(zip(domains, train))})
+        return make_loader(concatenate_datasets(train), batch_size * len(domains), tokenizer.pad_token_id,
+                           shuffle=True, seed=seed)
+
     def train_and_test_joint(self, model, compute_loss, kind: str, config: TrainConfig, seed: int, desc: str,
                              extra_modules=None, trace=None, select_best: bool = True,
                              checkpoint: Checkpoint | None = None) -> dict[str, Trained]:
@@ -584,20 +599,12 @@ class Runner:
         batches of `batch_size` x domains rows from the shuffled union, one checkpoint selected
         on the mean dev accuracy over domains."""
         from accelerate.utils import set_seed
-        from datasets import concatenate_datasets
 
         set_seed(seed)
         tokenizer, domains = self.student_tokenizer, list(self.grid.domains)
         pad = tokenizer.pad_token_id
         data = {d: self.data(d) for d in domains}
-        if kind == "multi":
-            train_loader = MultiDomainLoader({
-                d: self.accelerator.prepare(make_loader(data[d].tokenized("train", tokenizer), config.batch_size,
-                                                        pad, shuffle=True, seed=seed + 1009 * i))
-                for i, d in enumerate(domains)})
-        else:
-            union = concatenate_datasets([data[d].tokenized("train", tokenizer) for d in domains])
-            train_loader = make_loader(union, config.batch_size * len(domains), pad, shuffle=True, seed=seed)
+        train_loader = self.joint_train_loader(kind, config.batch_size, seed)
         dev, test = ({d: self.accelerator.prepare(make_loader(data[d].tokenized(split, tokenizer), 64, pad,
                                                               shuffle=False)) for d in domains}
                      for split in ("dev", "test"))
@@ -668,25 +675,27 @@ class Runner:
                    if k.startswith("tensors.")}
         distiller.bind_teacher(TeacherExtras(modules, tensors, tuple(self.grid.suite.domains)))
 
-    def student_forward(self, distiller: Distiller, student, teachers: dict[str, StoredTeacher] | None):
+    def student_forward(self, distiller: Distiller, student, teachers: dict[str, StoredTeacher] | None,
+                        timer=untimed):
         """compute_loss(batch, stage) for the student's kind: each (sub-)batch through the student
-        and, without gradients, through its domain's teacher."""
+        and, without gradients, through its domain's teacher. `timer(phase)` times the teacher
+        forward, the student forward and the method's loss (`bench profile`)."""
         needs = distiller.needs
         views = {d: self.teacher_view(t.model) for d, t in teachers.items()} if teachers else None
 
         def compute_loss(batch, stage):
-            if isinstance(batch, dict):
-                student_out = {d: student(b, needs) for d, b in batch.items()}
-                teacher_out = None
-                if views:
-                    with torch.no_grad():
-                        teacher_out = {d: views[d](b, needs) for d, b in batch.items()}
-                return distiller.multi_domain_loss(batch, student_out, teacher_out, stage)
+            joint = isinstance(batch, dict)
             teacher_out = None
             if views:
-                with torch.no_grad():
-                    teacher_out = next(iter(views.values()))(batch, needs)  # one teacher: its domain's, or mix
-            return distiller.loss(batch, student(batch, needs), teacher_out, stage)
+                with timer("teacher"), torch.no_grad():
+                    teacher_out = ({d: views[d](b, needs) for d, b in batch.items()} if joint
+                                   else next(iter(views.values()))(batch, needs))  # its domain's, or mix
+            with timer("student"):
+                student_out = {d: student(b, needs) for d, b in batch.items()} if joint else student(batch, needs)
+            with timer("loss"):
+                if joint:
+                    return distiller.multi_domain_loss(batch, student_out, teacher_out, stage)
+                return distiller.loss(batch, student_out, teacher_out, stage)
 
         return compute_loss
 

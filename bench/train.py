@@ -7,6 +7,7 @@ Written against `accelerate.Accelerator`, so `accelerate launch` runs it unchang
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -81,6 +82,11 @@ class FitResult:
         return self.selection.dev_accuracy
 
 
+def untimed(phase: str) -> contextlib.AbstractContextManager:
+    """The timer of an ordinary run: times nothing."""
+    return contextlib.nullcontext()
+
+
 class NonFiniteLoss(BenchError):
     """A loss that became NaN or infinite: the run stops at that step, before the weights are spoilt."""
 
@@ -137,6 +143,7 @@ def fit(
     select_best: bool = True,
     checkpoint: Checkpoint | None = None,
     checkpoint_every: int = 0,
+    timer: Callable[[str], contextlib.AbstractContextManager] = untimed,
 ) -> FitResult:
     """Train `model` (and `extra_modules`) on `compute_loss`, keep the best dev checkpoints.
 
@@ -151,6 +158,7 @@ def fit(
     `select_best=False`: keep the last weights instead (a stage that does not train the
     classifier, whose dev accuracy says nothing). With a `checkpoint`, the loop saves its whole
     state every `checkpoint_every` steps and, when the checkpoint holds one, resumes from it.
+    `timer(phase)` times the backward pass and the optimizer step (`bench profile`).
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -207,12 +215,14 @@ def fit(
             parts = compute_loss(batch)
             loss = sum(parts.values())
             check_finite(loss, parts, desc, step + 1, accelerator)
-            accelerator.backward(loss)
-            if config.max_grad_norm:
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            with timer("backward"):
+                accelerator.backward(loss)
+            with timer("optimizer"):
+                if config.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
             step += 1
             epoch_step += 1
             examples += batch_examples(batch) * accelerator.num_processes  # every process took its part

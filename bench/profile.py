@@ -1,0 +1,191 @@
+"""`python -m bench profile`: where the time of a distillation step goes.
+
+It runs the harness's own code, the step `run` takes (the runner's teacher and student forwards,
+the method's loss, the training loop's backward and optimizer step), for a few steps on the
+suite's real data, with the models of the preset or any others (`random:` shapes need no
+training), and times each phase. Warm-up steps are run first and not counted. The teacher is not
+trained: its speed does not depend on its weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bench.api import DataConfig, Distiller, SuiteSpec
+from bench.data import batch_examples, make_loader
+from bench.errors import BenchError
+from bench.models import ModelSpec, build_classifier
+from bench.presets import Preset
+from bench.teachers import StoredTeacher
+from bench.train import fit
+
+PHASES = ("data", "teacher", "student", "loss", "backward", "optimizer")
+
+
+class PhaseTimer:
+    """Seconds spent in each phase, from the step `start()` is called on (CUDA work is waited for
+    at each phase's ends, so it lands in its own phase)."""
+
+    def __init__(self, device: torch.device):
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.counting = False
+        self.started = self.ended = 0.0
+
+    def start(self) -> None:
+        self.sync()
+        self.seconds.clear()
+        self.counting, self.started = True, time.perf_counter()
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        if not self.counting:
+            yield
+            return
+        self.sync()
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.ended = time.perf_counter()
+            self.seconds[phase] += self.ended - begin
+
+
+class TimedLoader:
+    """A training loader whose fetches are the `data` phase; the timer starts counting once
+    `warmup` batches have been taken, and the examples of the counted batches are summed."""
+
+    def __init__(self, loader, timer: PhaseTimer, warmup: int):
+        self.loader, self.timer, self.warmup = loader, timer, warmup
+        self.taken = self.examples = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        while True:
+            if self.taken == self.warmup:
+                self.timer.start()
+            with self.timer("data"):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            self.taken += 1
+            if self.taken > self.warmup:
+                self.examples += batch_examples(batch)
+            yield batch
+
+
+@dataclass
+class Profile:
+    method: str
+    suite: str
+    teacher: str
+    student: str
+    batch: str  # e.g. "5 domains x 4"
+    max_len: int
+    steps: int
+    examples: int
+    wall_seconds: float
+    phases: dict[str, float]  # seconds per phase over the counted steps
+    peak_memory_mb: float
+    device: str
+    threads: int
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples / self.wall_seconds if self.wall_seconds else 0.0
+
+    def lines(self) -> list[str]:
+        ms = 1000 / max(self.steps, 1)
+        other = max(self.wall_seconds - sum(self.phases.values()), 0.0)
+        out = [f"{self.method} on {self.suite}: teacher {self.teacher}, student {self.student}, "
+               f"batch {self.batch}, max length {self.max_len}, {self.device} ({self.threads} threads)",
+               f"{self.steps} steps timed, {self.examples} examples, {self.wall_seconds:.2f} s",
+               f"{'phase':<10} {'ms/step':>9} {'share':>6}"]
+        for phase in (*PHASES, "other"):
+            seconds = other if phase == "other" else self.phases.get(phase, 0.0)
+            out.append(f"{phase:<10} {seconds * ms:>9.1f} {seconds / self.wall_seconds:>6.1%}")
+        out += [f"peak memory: {self.peak_memory_mb:.0f} MiB "
+                + ("(GPU, allocated)" if self.device == "cuda" else "(process resident set)"),
+                f"examples/s: {self.examples_per_second:.2f}"]
+        return out
+
+
+def parse_model(ref: str) -> ModelSpec:
+    """A profile's `--teacher`/`--student`: `random:` shapes are random, anything else pretrained."""
+    return ModelSpec(ref, init="random" if ref.startswith("random:") else "pretrained")
+
+
+def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset, data: DataConfig,
+            domains: list[str], teacher: ModelSpec | None, student: ModelSpec | None, batch_per_domain: int,
+            max_len: int, steps: int, warmup: int = 2, seed: int = 1) -> Profile:
+    from bench.runner import Grid, Runner
+
+    if steps < 1 or warmup < 0 or batch_per_domain < 1:
+        raise BenchError(f"cannot profile {steps} steps after {warmup} warm-up steps of batch {batch_per_domain}",
+                         "give --steps >= 1, --warmup >= 0 and --batch-per-domain >= 1")
+    train = dataclasses.replace(preset.student_train, batch_size=batch_per_domain, max_steps=warmup + steps,
+                                eval_every=10**9, epochs=10**6)
+    preset = dataclasses.replace(preset, teacher=teacher or preset.teacher, student=student or preset.student,
+                                 max_len=max_len, student_train=train, suite_overrides={})
+    grid = Grid(suite=suite, preset=preset, methods=[method], domains=domains, seeds=[seed], data=data,
+                results_dir="unused", checkpoint_every=0)
+    runner = Runner(grid, registry)
+    distiller = grid.distiller(method)
+    if distiller.teacher_objective() is not None:
+        raise BenchError(f"{method.name} trains its teacher with its own objective, which profile does not run",
+                         "profile a method whose teacher is trained on labels (e.g. kd, tinybert, hrkd)")
+    kind = distiller.student_kind
+    device = runner.accelerator.device
+    torch.manual_seed(seed)
+    student_model = build_classifier(preset.student, len(suite.labels), len(domains) if kind == "multi" else 1)
+    teachers = None
+    if distiller.teacher_kind:
+        heads = len(domains) if distiller.teacher_kind == "multi" else 1
+        model = build_classifier(preset.teacher, len(suite.labels), heads).to(device).eval()
+        teachers = {d: StoredTeacher("profile", model, {}, False, None) for d in domains}
+    extra = distiller.extra_modules(model.config if teachers else None, student_model.config)
+
+    timer = PhaseTimer(device)
+    compute_loss = runner.student_forward(distiller, student_model, teachers, timer=timer)
+    if kind == "single":
+        tokenizer = runner.student_tokenizer
+        loader = make_loader(runner.data(domains[0]).tokenized("train", tokenizer), batch_per_domain,
+                             tokenizer.pad_token_id, shuffle=True, seed=seed)
+        loader = runner.accelerator.prepare(loader)
+    else:
+        loader = runner.joint_train_loader(kind, batch_per_domain, seed)
+    timed = TimedLoader(loader, timer, warmup)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    student_model.to(device)
+    stage = distiller.stages[0]
+    fit(student_model, timed, lambda b: compute_loss(b, stage), lambda: 0.0, train, runner.accelerator,
+        extra_modules=extra, desc=f"profile {method.name}", select_best=False, timer=timer)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return Profile(method=method.name, suite=suite.name, teacher=preset.teacher.describe() if teachers else "none",
+                   student=preset.student.describe(), batch=_batch(kind, len(domains), batch_per_domain),
+                   max_len=max_len, steps=steps, examples=timed.examples, wall_seconds=timer.ended - timer.started,
+                   phases=dict(timer.seconds), peak_memory_mb=peak, device=device.type,
+                   threads=torch.get_num_threads())
+
+
+def _batch(kind: str, domains: int, per_domain: int) -> str:
+    return f"{per_domain}" if kind == "single" else f"{domains} domains x {per_domain}"
+
+
+def as_dict(result: Profile) -> dict[str, Any]:
+    return {**dataclasses.asdict(result), "examples_per_second": result.examples_per_second}

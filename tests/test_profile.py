@@ -1,0 +1,66 @@
+"""`bench profile`: the harness's own distillation step, timed by phase on real data."""
+
+import json
+
+import torch
+
+from bench.cli import main
+from bench.profile import PHASES, PhaseTimer, TimedLoader
+
+
+def profile(capsys, data_dir, tmp_path, *args):
+    out = tmp_path / "profile.json"
+    code = main(["profile", "--suite", "amazon", "--preset", "smoke", "--data-dir", str(data_dir),
+                 "--steps", "3", "--warmup", "1", "--json", str(out), *args])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_kd_step_is_timed_by_phase(capsys, data_dir, tmp_path):
+    code, text, figures = profile(capsys, data_dir, tmp_path, "--method", "kd", "--domains", "books",
+                                  "--batch-per-domain", "4", "--max-len", "64")
+    assert code == 0
+    assert text.strip().splitlines()[-1] == f"examples/s: {figures['examples_per_second']:.2f}"
+    assert figures["steps"] == 3 and figures["examples"] == 3 * 4  # warm-up steps are not counted
+    assert figures["max_len"] == 64 and figures["batch"] == "4"
+    assert set(figures["phases"]) == set(PHASES)
+    assert all(v > 0 for v in figures["phases"].values())
+    assert sum(figures["phases"].values()) <= figures["wall_seconds"]
+    assert figures["peak_memory_mb"] > 0
+    for phase in (*PHASES, "other"):
+        assert any(line.startswith(phase) for line in text.splitlines())
+
+
+def test_a_multi_domain_student_takes_a_sub_batch_of_every_domain(capsys, data_dir, tmp_path):
+    code, text, figures = profile(capsys, data_dir, tmp_path, "--method", "finetune-mtl", "--domains", "books,dvd",
+                                  "--batch-per-domain", "2", "--teacher", "random:tiny")
+    assert code == 0
+    assert figures["batch"] == "2 domains x 2" and figures["examples"] == 3 * 2 * 2
+    assert "teacher" not in figures["phases"]  # fine-tuning has no teacher to run
+    assert figures["teacher"] == "none"
+
+
+def test_models_given_by_reference_replace_the_presets(capsys, data_dir, tmp_path):
+    code, text, figures = profile(capsys, data_dir, tmp_path, "--method", "kd", "--domains", "books",
+                                  "--teacher", "random:tinybert-4l312", "--student", "random:tiny")
+    assert code == 0
+    assert figures["teacher"] == "random:tinybert-4l312" and figures["student"] == "random:tiny"
+
+
+def test_bad_requests_are_refused(capsys, data_dir, tmp_path):
+    code, text, _ = profile(capsys, data_dir, tmp_path, "--method", "kd", "--steps", "0")
+    assert code == 2 and "give --steps >= 1" in text
+    code, text, _ = profile(capsys, data_dir, tmp_path, "--method", "metakd")
+    assert code == 2 and "its own objective" in text
+
+
+def test_the_timed_loader_counts_only_after_warm_up():
+    timer = PhaseTimer(torch.device("cpu"))
+    batches = [torch.zeros(n, 3) for n in (7, 5, 4, 3)]  # anything with a length counts as rows
+    loader = TimedLoader(batches, timer, warmup=2)
+    assert [len(b) for b in loader] == [7, 5, 4, 3]
+    assert loader.taken == 4 and loader.examples == 4 + 3
+    assert timer.counting and set(timer.seconds) == {"data"}
+    with timer("student"):
+        pass
+    assert timer.seconds["student"] >= 0 and timer.ended >= timer.started

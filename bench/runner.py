@@ -247,13 +247,14 @@ class Runner:
         jobs = grid_jobs(self.grid)
         return shard_jobs(jobs, self.grid.shard) if self.grid.shard != (1, 1) else jobs
 
-    def is_pending(self, job: Job, newer_than: float | None = None) -> bool:
-        """Whether `job` has a result to write: unless `overwrite`, one of its results is missing;
-        with `newer_than`, one is missing or older (another process finished it meanwhile)."""
+    def is_pending(self, job: Job) -> bool:
+        """Whether `job` has a result to write: one is missing, or `overwrite`."""
+        return self.grid.overwrite or not all(key.path(self.grid.results_dir).exists() for key in job.keys)
+
+    def result_stamps(self, job: Job) -> list[int | None]:
+        """Each of `job`'s result files' modification time (ns), None where there is none."""
         paths = [key.path(self.grid.results_dir) for key in job.keys]
-        if newer_than is not None:
-            return not all(p.exists() and p.stat().st_mtime >= newer_than for p in paths)
-        return self.grid.overwrite or not all(p.exists() for p in paths)
+        return [p.stat().st_mtime_ns if p.exists() else None for p in paths]
 
     def pending(self) -> list[Job]:
         out = []
@@ -277,11 +278,19 @@ class Runner:
         """Every pending job of this shard. A job another process holds (a second grid on the same
         results dir) is left to it and looked at again at the end; a job that fails is recorded
         under `.failed/` (`self.failures`) and the others go on."""
-        started = time.time()
         todo = self.pending()
         if not todo:
             return []
         self.check_methods(list(dict.fromkeys(job.method for job in todo)))
+        # A job is done by another process (a second grid on the same results dir) when all its
+        # result files were written after this grid looked: compared by the files' own stamps,
+        # so clocks of other machines on a shared disk do not matter.
+        stamps = {job: self.result_stamps(job) for job in todo}
+
+        def done_elsewhere(job: Job) -> bool:
+            now = self.result_stamps(job)
+            return self.agree(all(n is not None and n != before for n, before in zip(now, stamps[job])))
+
         written, deferred = [], []
         for job in todo:
             lock = FileLock(job.lock_path(self.grid.results_dir))
@@ -290,12 +299,15 @@ class Runner:
                 deferred.append(job)
                 continue
             try:
+                if done_elsewhere(job):
+                    log.info("%s was finished by another process", job.describe())
+                    continue
                 written += self.attempt(job)
             finally:
                 lock.release()
         for job in deferred:
             with FileLock(job.lock_path(self.grid.results_dir)) if self.main else contextlib.nullcontext():
-                if not self.agree(self.is_pending(job, newer_than=started)):
+                if done_elsewhere(job):
                     log.info("%s was finished by another process", job.describe())
                     continue
                 written += self.attempt(job)
@@ -449,15 +461,16 @@ class Runner:
         if self.vocab_map:  # trained on the student's tokenisation, mapped
             identity["input_vocab"] = {"student": self.grid.preset.student.ref, "specials": self.vocab_map.specials}
         folder = self.store.root / ".partial" / teacher_key(identity)
-        if folder.exists() and not self.grid.resume and self.main:
-            log.info("discarding the checkpoint of an earlier teacher training in %s (--resume continues it)", folder)
-            remove_folder(folder)
         # One process trains a given teacher at a time: another grid that needs it waits, then reuses it.
         lock = FileLock(self.store.root / ".locks" / f"{teacher_key(identity)}.lock")
         if self.main and not lock.acquire(blocking=False):
             log.info("teacher %s is being trained by another process: waiting for it", teacher_key(identity))
             lock.acquire()
         try:
+            if folder.exists() and not self.grid.resume and self.main:  # under the lock: no one trains it now
+                log.info("discarding the checkpoint of an earlier teacher training in %s (--resume continues it)",
+                         folder)
+                remove_folder(folder)
             self.accelerator.wait_for_everyone()  # the others look into the store once the main holds the lock
             stored = get_or_train_teacher(identity, len(self.grid.suite.labels),
                                           lambda model: train(model, Checkpoint(folder)), self.store, save=self.main)

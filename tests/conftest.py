@@ -52,3 +52,21 @@ def packaged_cache(tmp_path_factory) -> Path:
         mp.setenv("BENCH_CACHE_DIR", str(cache))
         packaged.model_dir("all-mpnet-base-v2")
     return cache
+
+
+@pytest.fixture(scope="session")
+def install_fake_plugin():
+    """`install(root, module, source)`, see `_install_fake_plugin`."""
+    return _install_fake_plugin
+
+
+def _install_fake_plugin(root: Path, module: str, source: str) -> Path:
+    """A third party's plugin as pip would leave it: `<module>.py` and a dist-info whose entry
+    point (group `bench`) names it, in `root`; put `root` on PYTHONPATH of a `python -m bench`
+    subprocess (without BENCH_NO_ENTRY_POINTS) and it loads."""
+    (root / f"{module}.py").write_text(source)
+    dist = root / f"{module}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[bench]\n{module} = {module}\n")
+    return root

@@ -58,13 +58,8 @@ def bench_register_distillers(register):
 
 
 @pytest.fixture(scope="module")
-def plugin_env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("doomed")
-    (root / "doomed_plugin.py").write_text(DOOMED)
-    dist = root / "doomed_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: doomed-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[bench]\ndoomed = doomed_plugin\n")
+def plugin_env(tmp_path_factory, install_fake_plugin):
+    root = install_fake_plugin(tmp_path_factory.mktemp("doomed"), "doomed_plugin", DOOMED)
     env = {k: v for k, v in os.environ.items() if k not in ("BENCH_NO_ENTRY_POINTS", "BENCH_LOAD_PLUGINS")}
     env.update(PYTHONPATH=os.pathsep.join([str(root), env.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1",
                BENCH_CACHE_DIR=str(root / "cache"))  # teachers trained once for every run here

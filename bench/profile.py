@@ -10,6 +10,7 @@ trained: its speed does not depend on its weights.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import resource
 import time
 from collections import defaultdict
@@ -24,6 +25,7 @@ from bench.api import DataConfig, Distiller, SuiteSpec
 from bench.data import batch_examples, make_loader
 from bench.errors import BenchError
 from bench.models import ModelSpec, build_classifier
+from bench.precision import with_precision
 from bench.presets import Preset
 from bench.teachers import StoredTeacher
 from bench.train import fit
@@ -102,6 +104,8 @@ class Profile:
     peak_memory_mb: float
     device: str
     threads: int
+    teacher_precision: str = "fp32"
+    agreement: dict[str, Any] | None = None  # a reduced-precision teacher against the fp32 one
 
     @property
     def examples_per_second(self) -> float:
@@ -110,13 +114,20 @@ class Profile:
     def lines(self) -> list[str]:
         ms = 1000 / max(self.steps, 1)
         other = max(self.wall_seconds - sum(self.phases.values()), 0.0)
-        out = [f"{self.method} on {self.suite}: teacher {self.teacher}, student {self.student}, "
+        teacher = self.teacher + (f" ({self.teacher_precision})" if self.teacher_precision != "fp32" else "")
+        out = [f"{self.method} on {self.suite}: teacher {teacher}, student {self.student}, "
                f"batch {self.batch}, max length {self.max_len}, {self.device} ({self.threads} threads)",
                f"{self.steps} steps timed, {self.examples} examples, {self.wall_seconds:.2f} s",
                f"{'phase':<10} {'ms/step':>9} {'share':>6}"]
         for phase in (*PHASES, "other"):
             seconds = other if phase == "other" else self.phases.get(phase, 0.0)
             out.append(f"{phase:<10} {seconds * ms:>9.1f} {seconds / self.wall_seconds:>6.1%}")
+        if self.agreement:
+            a = self.agreement
+            p = a["precision"]
+            out.append(f"{p} teacher against fp32 on {a['rows']} rows: argmax agreement {a['argmax_agreement']:.2%}, "
+                       f"distillation loss {a[f'loss_{p}']:.6g} vs {a['loss_fp32']:.6g} "
+                       f"(relative difference {a['loss_relative_difference']:.2e})")
         out += [f"peak memory: {self.peak_memory_mb:.0f} MiB "
                 + ("(GPU, allocated)" if self.device == "cuda" else "(process resident set)"),
                 f"examples/s: {self.examples_per_second:.2f}"]
@@ -130,7 +141,8 @@ def parse_model(ref: str) -> ModelSpec:
 
 def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset, data: DataConfig,
             domains: list[str], teacher: ModelSpec | None, student: ModelSpec | None, batch_per_domain: int,
-            max_len: int, steps: int, warmup: int = 2, seed: int = 1) -> Profile:
+            max_len: int, steps: int, warmup: int = 2, seed: int = 1, teacher_precision: str = "fp32",
+            agreement_batches: int = 8) -> Profile:
     from bench.runner import Grid, Runner
 
     if steps < 1 or warmup < 0 or batch_per_domain < 1:
@@ -141,7 +153,7 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
     preset = dataclasses.replace(preset, teacher=teacher or preset.teacher, student=student or preset.student,
                                  max_len=max_len, student_train=train, suite_overrides={})
     grid = Grid(suite=suite, preset=preset, methods=[method], domains=domains, seeds=[seed], data=data,
-                results_dir="unused", checkpoint_every=0)
+                results_dir="unused", checkpoint_every=0, teacher_precision=teacher_precision)
     runner = Runner(grid, registry)
     distiller = grid.distiller(method)
     if distiller.teacher_objective() is not None:
@@ -176,11 +188,46 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
         extra_modules=extra, desc=f"profile {method.name}", select_best=False, timer=timer)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    agreement = None
+    if teachers and teacher_precision != "fp32":
+        sample = list(itertools.islice(iter(loader), agreement_batches))
+        agreement = precision_agreement(runner, distiller, student_model, teachers, sample, stage, teacher_precision)
     return Profile(method=method.name, suite=suite.name, teacher=preset.teacher.describe() if teachers else "none",
                    student=preset.student.describe(), batch=_batch(kind, len(domains), batch_per_domain),
                    max_len=max_len, steps=steps, examples=timed.examples, wall_seconds=timer.ended - timer.started,
                    phases=dict(timer.seconds), peak_memory_mb=peak, device=device.type,
-                   threads=torch.get_num_threads())
+                   threads=torch.get_num_threads(), teacher_precision=teacher_precision, agreement=agreement)
+
+
+@torch.no_grad()
+def precision_agreement(runner, distiller: Distiller, student, teachers: dict[str, StoredTeacher], batches: list,
+                        stage: str, precision: str) -> dict[str, Any]:
+    """How a teacher at `precision` differs from the fp32 one on `batches`: the share of rows whose
+    argmax agrees, and the method's distillation loss (student in eval mode, same for both)."""
+    needs = distiller.needs
+    full = {d: runner.teacher_view(t.model) for d, t in teachers.items()}
+    reduced = {d: with_precision(view, precision) for d, view in full.items()}
+    student.eval()
+    agree = rows = 0
+    losses = {"fp32": 0.0, precision: 0.0}
+    for batch in batches:
+        joint = isinstance(batch, dict)
+        subs = batch if joint else {next(iter(full)): batch}
+        student_out = {d: student(b, needs) for d, b in subs.items()}
+        for name, views in (("fp32", full), (precision, reduced)):
+            teacher_out = {d: views[d](b, needs) for d, b in subs.items()}
+            if name == "fp32":
+                reference = teacher_out
+            else:
+                for d in subs:
+                    agree += int((teacher_out[d].logits.argmax(-1) == reference[d].logits.argmax(-1)).sum())
+                    rows += len(subs[d])
+            parts = (distiller.multi_domain_loss(batch, student_out, teacher_out, stage) if joint else
+                     distiller.loss(batch, *student_out.values(), *teacher_out.values(), stage))
+            losses[name] += float(sum(parts.values()))
+    return {"precision": precision, "rows": rows, "argmax_agreement": agree / max(rows, 1),
+            "loss_fp32": losses["fp32"] / len(batches), f"loss_{precision}": losses[precision] / len(batches),
+            "loss_relative_difference": abs(losses[precision] - losses["fp32"]) / max(abs(losses["fp32"]), 1e-12)}
 
 
 def _batch(kind: str, domains: int, per_domain: int) -> str:

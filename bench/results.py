@@ -12,7 +12,8 @@ Schema (version 1). Keys every tool may rely on, as dotted paths: `seed`, `prese
   was trained on: [domain], or all of the grid's for a mix or multi student)}
 - method {name, label (the name, plus the options that differ from the defaults), plugin, config,
   student_kind}
-- teacher {ref, key, kind, params, latency, dev_accuracy, test_accuracy (the domain's), reused} or
+- teacher {ref, key, kind, params, latency, dev_accuracy, test_accuracy (the domain's), reused,
+  precision (of its forwards while distilling: fp32 or bf16; absent in older records: fp32)} or
   null when the method has none
 - student {ref, init, layers}
 - train {steps, epochs, batch_size, lr, ..., wall_seconds, examples, examples_per_second,

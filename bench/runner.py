@@ -41,6 +41,7 @@ from bench.locks import FileLock
 from bench.measure import measure_latency, param_counts
 from bench.models import build_classifier, load_config, load_tokenizer
 from bench.plugins import Registry, plugin_version
+from bench.precision import check_precision, with_precision
 from bench.presets import Preset
 from bench.results import SCHEMA_VERSION, RunKey, git_state, machine_info, now_utc, write_result
 from bench.teachers import StoredTeacher, TeacherStore, get_or_train_teacher, teacher_key
@@ -65,9 +66,11 @@ class Grid:
     checkpoint_every: int = 100  # steps between training checkpoints; 0: none
     resume: bool = False  # continue killed runs from their checkpoints (else those are discarded)
     shard: tuple[int, int] = (1, 1)  # (K, N): this job runs the K-th of N parts of the grid
+    teacher_precision: str = "fp32"  # of the teacher's forwards while distilling (bench.precision)
 
     def __post_init__(self):
         self.preset = self.preset.for_suite(self.suite.name)
+        check_precision(self.teacher_precision)
         if not 0.0 < self.train_ratio <= 1.0:
             raise BenchError(f"train ratio {self.train_ratio} is not in (0, 1]",
                              "give the fraction of each domain's training rows to keep, e.g. 0.1")
@@ -94,15 +97,18 @@ class Grid:
     def label(self, method: type[Distiller]) -> str:
         """How results name a method: `kd`, or with the options that differ from its defaults,
         `kd[temperature=4.0]`, so runs with other options are other runs, stored and reported
-        apart. Values are the checked ones (4 and 4.0 are one run; a default given is no option)."""
+        apart. Values are the checked ones (4 and 4.0 are one run; a default given is no option).
+        A method distilled from a bf16 teacher is `kd@bf16`."""
+        label = method.name
         given = self.method_options.get(method.name)
-        if not given:
-            return method.name
-        options, defaults = vars(method.make_options(given)), vars(method.Options())
-        changed = {k: options[k] for k in sorted(given) if options[k] != defaults[k]}
-        if not changed:
-            return method.name
-        return f"{method.name}[{','.join(f'{k}={json.dumps(_jsonable(v))}' for k, v in changed.items())}]"
+        if given:
+            options, defaults = vars(method.make_options(given)), vars(method.Options())
+            changed = {k: options[k] for k in sorted(given) if options[k] != defaults[k]}
+            if changed:
+                label += f"[{','.join(f'{k}={json.dumps(_jsonable(v))}' for k, v in changed.items())}]"
+        if self.teacher_precision != "fp32" and self.distiller(method).teacher_kind:
+            label += f"@{self.teacher_precision}"
+        return label
 
     def keys(self) -> list[tuple[RunKey, type[Distiller]]]:
         return [(RunKey(self.suite.name, self.preset.name, self.label(m), d, s, self.train_ratio), m)
@@ -694,7 +700,8 @@ class Runner:
         and, without gradients, through its domain's teacher. `timer(phase)` times the teacher
         forward, the student forward and the method's loss (`bench profile`)."""
         needs = distiller.needs
-        views = {d: self.teacher_view(t.model) for d, t in teachers.items()} if teachers else None
+        views = ({d: with_precision(self.teacher_view(t.model), self.grid.teacher_precision)
+                  for d, t in teachers.items()} if teachers else None)
 
         def compute_loss(batch, stage):
             joint = isinstance(batch, dict)
@@ -820,6 +827,7 @@ class Runner:
                        "config": _jsonable(vars(distiller.options)), "student_kind": distiller.student_kind},
             "teacher": None if teacher is None else {
                 "ref": p.teacher.ref, "key": teacher.key, "kind": distiller.teacher_kind, "params": timing["params"],
+                "precision": g.teacher_precision,
                 "objective": objective.name if (objective := distiller.teacher_objective()) else None,
                 "latency": timing["latency"],
                 "dev_accuracy": teacher.info.get("dev_accuracy"),

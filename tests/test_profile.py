@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from bench.cli import main
@@ -64,3 +65,15 @@ def test_the_timed_loader_counts_only_after_warm_up():
     with timer("student"):
         pass
     assert timer.seconds["student"] >= 0 and timer.ended >= timer.started
+
+
+def test_a_bf16_teacher_is_compared_with_the_fp32_one(capsys, data_dir, tmp_path):
+    code, text, figures = profile(capsys, data_dir, tmp_path, "--method", "tinybert", "--domains", "books",
+                                  "--batch-per-domain", "4", "--teacher-precision", "bf16")
+    assert code == 0
+    a = figures["agreement"]
+    assert figures["teacher_precision"] == "bf16" and a["precision"] == "bf16"
+    assert a["rows"] == 8 * 4  # eight batches of four rows
+    assert 0.0 <= a["argmax_agreement"] <= 1.0 and a["loss_fp32"] > 0 and a["loss_bf16"] > 0
+    assert a["loss_relative_difference"] == pytest.approx(abs(a["loss_bf16"] - a["loss_fp32"]) / a["loss_fp32"])
+    assert "bf16 teacher against fp32 on 32 rows: argmax agreement" in text

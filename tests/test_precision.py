@@ -1,0 +1,70 @@
+"""A bf16 teacher while distilling: its outputs reach the method in fp32, close to the fp32
+teacher's but not equal, and its runs are stored and reported apart (`kd@bf16`)."""
+
+import json
+
+import pytest
+import torch
+
+from bench.api import Batch, ModelOutputs
+from bench.cli import main
+from bench.errors import BenchError
+from bench.models import ModelSpec, build_classifier
+from bench.precision import AutocastTeacher, as_fp32, check_precision
+
+NEEDS = frozenset({"logits", "hidden", "attentions"})
+
+
+def batch(rows=3, length=12):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 30000, (rows, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, 8:] = 0  # a padded row: its masked scores must survive the casts
+    return Batch(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids),
+                 labels=torch.zeros(rows, dtype=torch.long), domain_ids=torch.zeros(rows, dtype=torch.long))
+
+
+def test_as_fp32_casts_every_output():
+    bf = torch.ones(2, 3, dtype=torch.bfloat16)
+    out = as_fp32(ModelOutputs(logits=bf, hidden_states=(bf, bf), attention_scores=None))
+    assert out.logits.dtype == torch.float32 and {h.dtype for h in out.hidden_states} == {torch.float32}
+    assert out.attention_scores is None and out.values is None
+
+
+def test_a_bf16_teacher_gives_fp32_outputs_close_to_the_fp32_teachers():
+    torch.manual_seed(0)
+    teacher = build_classifier(ModelSpec("random:tinybert-4l312", init="random"), 3).eval()
+    with torch.no_grad():
+        full, half = teacher(batch(), NEEDS), AutocastTeacher(teacher)(batch(), NEEDS)
+    for a, b in [(full.logits, half.logits), *zip(full.hidden_states, half.hidden_states)]:
+        assert b.dtype == torch.float32 and a.shape == b.shape
+        assert torch.allclose(a, b, atol=0.1, rtol=0.05)
+    # the embedding output has no matrix product; every layer after it ran in bf16
+    assert torch.equal(full.hidden_states[0], half.hidden_states[0])
+    assert not torch.equal(full.logits, half.logits) and not torch.equal(full.hidden_states[1], half.hidden_states[1])
+    for a, b in zip(full.attention_scores, half.attention_scores):
+        real = a > -100  # the additive mask's entries stay masked
+        assert torch.equal(real, b > -100)
+        assert torch.allclose(a[real], b[real], atol=0.1, rtol=0.05)
+    assert AutocastTeacher(teacher).config is teacher.config
+
+
+def test_unknown_precisions_are_refused():
+    assert check_precision("bf16") == "bf16"
+    with pytest.raises(BenchError, match="unknown teacher precision 'fp8'"):
+        check_precision("fp8")
+
+
+def test_bf16_runs_are_stored_apart_and_record_their_precision(data_dir, tmp_path):
+    args = ["run", "--methods", "kd,finetune", "--suite", "amazon", "--preset", "smoke", "--domains", "books",
+            "--results-dir", str(tmp_path), "--data-dir", str(data_dir)]
+    assert main(args) == 0
+    assert main([*args, "--teacher-precision", "bf16"]) == 0
+    runs = tmp_path / "amazon" / "smoke"
+    assert sorted(p.name for p in runs.iterdir()) == ["finetune", "kd", "kd@bf16"]  # no teacher: no precision
+    full = json.loads((runs / "kd" / "books" / "seed1.json").read_text())
+    half = json.loads((runs / "kd@bf16" / "books" / "seed1.json").read_text())
+    assert full["teacher"]["precision"] == "fp32" and half["teacher"]["precision"] == "bf16"
+    assert half["method"]["label"] == "kd@bf16" and half["method"]["name"] == "kd"
+    assert half["teacher"]["key"] == full["teacher"]["key"]  # the same stored teacher, queried in bf16
+    assert [h["step"] for h in half["train"]["history"]] == [h["step"] for h in full["train"]["history"]]

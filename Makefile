@@ -29,7 +29,7 @@ test: $(STAMP)
 
 # Speed, not behaviour: pytest-benchmark figures (the test run skips them). Quiet machine only.
 benchmark: $(STAMP)
-	BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m pytest tests/benchmarks --benchmark-only
+	BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m pytest tests/benchmarks --benchmark-only --benchmark-json=.benchmarks/last.json
 
 bench: $(STAMP)
 	BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods hrkd,kd,tinybert --suite mnli

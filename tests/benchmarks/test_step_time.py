@@ -96,6 +96,30 @@ def test_kd_step(benchmark, loop):
     benchmark.pedantic(loop, args=(teacher, student, data), rounds=5, iterations=1)
 
 
+def test_kd_step_overhead(benchmark):
+    """The harness's KD steps over the bare loop's, timed alternately in one sitting (a noisy
+    machine slows both alike): the ratio of their medians is the harness's overhead."""
+    import statistics
+    import time
+
+    teacher, student = models()
+    data = batches(STEPS, teacher.config.vocab_size)
+    seconds = {"harness": [], "bare": []}
+
+    def alternate():
+        for name, loop in (("harness", harness_kd), ("bare", bare_kd)):
+            start = time.perf_counter()
+            loop(teacher, student, data)
+            seconds[name].append(time.perf_counter() - start)
+
+    alternate()  # warm-up
+    seconds = {"harness": [], "bare": []}
+    benchmark.group = f"kd overhead: harness and bare loop alternately, {STEPS} steps each"
+    benchmark.pedantic(alternate, rounds=5, iterations=1)
+    ratio = statistics.median(seconds["harness"]) / statistics.median(seconds["bare"])
+    benchmark.extra_info.update(harness_over_bare=round(ratio, 4), seconds=seconds)
+
+
 @pytest.mark.parametrize("method", ["finetune", "kd", "pkd", "tinybert", "minilm", "hrkd"])
 def test_method_step(benchmark, method, data_dir):
     """A step of each method on MNLI's real pairs (5 genres x 4 for the joint ones)."""

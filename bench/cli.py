@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--skip-bad-rows", action="store_true")
     prof.add_argument("--teacher-precision", default="fp32", choices=["fp32", "bf16"],
                       help="bf16: also measure the teacher's argmax agreement and loss against fp32")
+    prof.add_argument("--length-buckets", type=int, default=None, metavar="N",
+                      help="batches per length-sorted chunk (0: plain shuffling); default: the preset's")
     prof.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
 
     report = sub.add_parser("report", help="tables and plots from the result store")
@@ -237,7 +239,7 @@ def cmd_profile(args) -> int:
     result = profile(registry, method, suite, preset, DataConfig(resolve_data_dir(args.data_dir), args.skip_bad_rows),
                      domains, args.teacher and parse_model(args.teacher), args.student and parse_model(args.student),
                      args.batch_per_domain, args.max_len or preset.max_len, args.steps, args.warmup,
-                     teacher_precision=args.teacher_precision)
+                     teacher_precision=args.teacher_precision, length_buckets=args.length_buckets)
     print("\n".join(result.lines()))
     if args.json:
         Path(args.json).write_text(json.dumps(as_dict(result), indent=2) + "\n")

@@ -69,7 +69,7 @@ class TimedLoader:
 
     def __init__(self, loader, timer: PhaseTimer, warmup: int):
         self.loader, self.timer, self.warmup = loader, timer, warmup
-        self.taken = self.examples = 0
+        self.taken = self.examples = self.tokens = 0  # tokens: padded positions fed to the models
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -86,6 +86,8 @@ class TimedLoader:
             self.taken += 1
             if self.taken > self.warmup:
                 self.examples += batch_examples(batch)
+                self.tokens += sum(b.input_ids.numel() for b in (batch.values() if isinstance(batch, dict)
+                                                                 else [batch]) if hasattr(b, "input_ids"))
             yield batch
 
 
@@ -106,6 +108,8 @@ class Profile:
     threads: int
     teacher_precision: str = "fp32"
     agreement: dict[str, Any] | None = None  # a reduced-precision teacher against the fp32 one
+    length_buckets: int = 0
+    padded_tokens_per_example: float = 0.0
 
     @property
     def examples_per_second(self) -> float:
@@ -117,7 +121,10 @@ class Profile:
         teacher = self.teacher + (f" ({self.teacher_precision})" if self.teacher_precision != "fp32" else "")
         out = [f"{self.method} on {self.suite}: teacher {teacher}, student {self.student}, "
                f"batch {self.batch}, max length {self.max_len}, {self.device} ({self.threads} threads)",
-               f"{self.steps} steps timed, {self.examples} examples, {self.wall_seconds:.2f} s",
+               f"{self.steps} steps timed, {self.examples} examples, {self.wall_seconds:.2f} s; "
+               f"{self.padded_tokens_per_example:.1f} padded tokens per example "
+               + (f"(length buckets of {self.length_buckets} batches)" if self.length_buckets
+                  else "(no length buckets)"),
                f"{'phase':<10} {'ms/step':>9} {'share':>6}"]
         for phase in (*PHASES, "other"):
             seconds = other if phase == "other" else self.phases.get(phase, 0.0)
@@ -142,7 +149,7 @@ def parse_model(ref: str) -> ModelSpec:
 def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset, data: DataConfig,
             domains: list[str], teacher: ModelSpec | None, student: ModelSpec | None, batch_per_domain: int,
             max_len: int, steps: int, warmup: int = 2, seed: int = 1, teacher_precision: str = "fp32",
-            agreement_batches: int = 8) -> Profile:
+            agreement_batches: int = 8, length_buckets: int | None = None) -> Profile:
     from bench.runner import Grid, Runner
 
     if steps < 1 or warmup < 0 or batch_per_domain < 1:
@@ -150,6 +157,8 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
                          "give --steps >= 1, --warmup >= 0 and --batch-per-domain >= 1")
     train = dataclasses.replace(preset.student_train, batch_size=batch_per_domain, max_steps=warmup + steps,
                                 eval_every=10**9, epochs=10**6)
+    if length_buckets is None:
+        length_buckets = train.length_buckets
     preset = dataclasses.replace(preset, teacher=teacher or preset.teacher, student=student or preset.student,
                                  max_len=max_len, student_train=train, suite_overrides={})
     grid = Grid(suite=suite, preset=preset, methods=[method], domains=domains, seeds=[seed], data=data,
@@ -175,10 +184,10 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
     if kind == "single":
         tokenizer = runner.student_tokenizer
         loader = make_loader(runner.data(domains[0]).tokenized("train", tokenizer), batch_per_domain,
-                             tokenizer.pad_token_id, shuffle=True, seed=seed)
+                             tokenizer.pad_token_id, shuffle=True, seed=seed, length_buckets=length_buckets)
         loader = runner.accelerator.prepare(loader)
     else:
-        loader = runner.joint_train_loader(kind, batch_per_domain, seed)
+        loader = runner.joint_train_loader(kind, batch_per_domain, seed, length_buckets)
     timed = TimedLoader(loader, timer, warmup)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -196,7 +205,8 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
                    student=preset.student.describe(), batch=_batch(kind, len(domains), batch_per_domain),
                    max_len=max_len, steps=steps, examples=timed.examples, wall_seconds=timer.ended - timer.started,
                    phases=dict(timer.seconds), peak_memory_mb=peak, device=device.type,
-                   threads=torch.get_num_threads(), teacher_precision=teacher_precision, agreement=agreement)
+                   threads=torch.get_num_threads(), teacher_precision=teacher_precision, agreement=agreement,
+                   length_buckets=length_buckets, padded_tokens_per_example=timed.tokens / max(timed.examples, 1))
 
 
 @torch.no_grad()

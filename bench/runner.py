@@ -581,7 +581,8 @@ class Runner:
 
         set_seed(seed)
         pad = tokenizer.pad_token_id
-        train_loader = make_loader(data.tokenized("train", tokenizer), config.batch_size, pad, shuffle=True, seed=seed)
+        train_loader = make_loader(data.tokenized("train", tokenizer), config.batch_size, pad, shuffle=True, seed=seed,
+                                   length_buckets=config.length_buckets)
         dev_loader, test_loader = (
             self.accelerator.prepare(make_loader(data.tokenized(s, tokenizer), 64, pad, shuffle=False))
             for s in ("dev", "test"))
@@ -595,9 +596,9 @@ class Runner:
                      checkpoint=checkpoint, checkpoint_every=self.grid.checkpoint_every)
         return Trained(result, result.selection, *predict(model, test_loader, self.accelerator))
 
-    def joint_train_loader(self, kind: str, batch_size: int, seed: int):
+    def joint_train_loader(self, kind: str, batch_size: int, seed: int, length_buckets: int = 0):
         """multi: a MultiDomainLoader of `batch_size` rows per domain; mix: batches of `batch_size`
-        x domains rows of the shuffled union."""
+        x domains rows of the shuffled union (bucketed by length with `length_buckets`)."""
         from datasets import concatenate_datasets
 
         tokenizer, domains = self.student_tokenizer, list(self.grid.domains)
@@ -605,10 +606,10 @@ class Runner:
         if kind == "multi":
             return MultiDomainLoader({
                 d: self.accelerator.prepare(make_loader(rows, batch_size, tokenizer.pad_token_id, shuffle=True,
-                                                        seed=seed + 1009 * i))
+                                                        seed=seed + 1009 * i, length_buckets=length_buckets))
                 for i, (d, rows) in enumerate(zip(domains, train))})
         return make_loader(concatenate_datasets(train), batch_size * len(domains), tokenizer.pad_token_id,
-                           shuffle=True, seed=seed)
+                           shuffle=True, seed=seed, length_buckets=length_buckets)
 
     def train_and_test_joint(self, model, compute_loss, kind: str, config: TrainConfig, seed: int, desc: str,
                              extra_modules=None, trace=None, select_best: bool = True,
@@ -623,7 +624,7 @@ class Runner:
         tokenizer, domains = self.student_tokenizer, list(self.grid.domains)
         pad = tokenizer.pad_token_id
         data = {d: self.data(d) for d in domains}
-        train_loader = self.joint_train_loader(kind, config.batch_size, seed)
+        train_loader = self.joint_train_loader(kind, config.batch_size, seed, config.length_buckets)
         dev, test = ({d: self.accelerator.prepare(make_loader(data[d].tokenized(split, tokenizer), 64, pad,
                                                               shuffle=False)) for d in domains}
                      for split in ("dev", "test"))

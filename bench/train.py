@@ -39,6 +39,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     eval_every: int = 0  # steps between dev evaluations; 0: at the end of each epoch
     max_steps: int | None = None  # stop early (smoke runs); None: epochs decide
+    # Batches of rows of similar length: each pass is cut into chunks of this many batches, sorted
+    # by length (bench.data.SeededShuffle); 0: plain shuffling.
+    length_buckets: int = 50
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,10 +115,11 @@ def make_accelerator():
 
     # Under torchrun or `accelerate launch` on a machine without an accelerator, accelerate runs
     # the processes as one group (gloo) only when told the job is on the CPU.
-    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cpu = several and not torch.accelerator.is_available()
     # The preset's batch is the global batch: each of N processes takes 1/N of every batch, so a
     # run on N processes takes the steps, schedule and evaluations of the 1-process run.
-    return Accelerator(cpu=cpu, dataloader_config=DataLoaderConfiguration(split_batches=True))
+    return Accelerator(cpu=cpu, dataloader_config=DataLoaderConfiguration(split_batches=several))
 
 
 def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
@@ -127,6 +131,39 @@ def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict
                 continue
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def average_gradients(params: list[torch.Tensor], accelerator) -> None:
+    """Average the gradients over the processes (each computed them on its part of the batch), in
+    one all-reduce of all of them. A parameter no process gave a gradient keeps none (AdamW then
+    leaves it alone, as on one process); one that only some did counts as zero on the others."""
+    if accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=accelerator.device)
+    dist.all_reduce(has)
+    params = [p for p, n in zip(params, has.tolist()) if n > 0]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    if not grads:
+        return
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= accelerator.num_processes
+    for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        grad.copy_(synced)
+
+
+def make_optimizer(modules: Iterable[nn.Module], config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel where PyTorch has one (CPU, CUDA): on one CPU thread a step over
+    a 3-layer MiniLM student (17M parameters, most of them its embeddings) takes 34 ms fused
+    against 149 ms with the per-tensor kernels, a third of a whole distillation step."""
+    return torch.optim.AdamW(param_groups(modules, config.weight_decay), lr=config.lr,
+                             fused=device.type in ("cpu", "cuda"))
 
 
 def fit(
@@ -168,14 +205,17 @@ def fit(
         total = min(total, config.max_steps)
     eval_every = config.eval_every or steps_per_epoch
     trained = [model] + ([extra_modules] if extra_modules is not None else [])
-    optimizer = torch.optim.AdamW(param_groups(trained, config.weight_decay), lr=config.lr)
+    optimizer = make_optimizer(trained, config, accelerator.device)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, math.ceil(config.warmup_ratio * total), max(total, 1))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The models are not wrapped in DDP: methods call them inside their own closures (the runner's
+    # forwards, a teacher objective), which a wrapper's forward would not see, so its gradient
+    # all-reduce would silently not happen. average_gradients() syncs them after each backward.
+    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    for module in trained:
+        module.to(accelerator.device)
     if isinstance(train_loader, torch.utils.data.DataLoader):
         train_loader = accelerator.prepare(train_loader)
-    if extra_modules is not None:
-        extra_modules = accelerator.prepare(extra_modules)
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
     selections: dict[str, Selection] = {}
@@ -217,6 +257,7 @@ def fit(
             check_finite(loss, parts, desc, step + 1, accelerator)
             with timer("backward"):
                 accelerator.backward(loss)
+                average_gradients(params, accelerator)
             with timer("optimizer"):
                 if config.max_grad_norm:
                     accelerator.clip_grad_norm_(params, config.max_grad_norm)

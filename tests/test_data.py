@@ -56,3 +56,47 @@ def test_batches_number_each_row_by_its_index_in_the_split():
     for ids, tokens in seen:  # each row id names the row it came with
         assert tokens == [7 + i for i in ids]
     assert Collator(0)([{k: v for k, v in rows[0].items() if k != "row_id"}]).row_ids is None
+
+
+def rows_of_lengths(lengths):
+    return datasets.Dataset.from_list([{"input_ids": [101] + [7] * (n - 2) + [102], "token_type_ids": [0] * n,
+                                        "label": 0, "domain_id": 0, "row_id": i} for i, n in enumerate(lengths)])
+
+
+def test_length_buckets_pad_less_and_still_shuffle_every_row_once():
+    from bench.data import SeededShuffle
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 120, (203,), generator=g).tolist()
+    sampler = SeededShuffle(len(lengths), seed=5, lengths=lengths, batch_size=8, buckets=5)
+    first, second = list(sampler), list(sampler)
+    assert sorted(first) == sorted(second) == list(range(203)) and first != second  # a new order each pass
+    assert list(SeededShuffle(203, 5, lengths, 8, 5)) == first  # the same seed, the same order
+
+    def padded(order):  # positions a batch of 8 pads to, summed: what the models compute on
+        return sum(max(lengths[i] for i in order[k:k + 8]) * len(order[k:k + 8]) for k in range(0, len(order), 8))
+
+    plain = list(SeededShuffle(203, 5))
+    assert padded(first) < 0.75 * padded(plain)
+    # within each chunk of 5 batches the rows are sorted by length, so every full batch holds rows
+    # whose lengths are neighbours in that chunk's sorted order
+    chunk_sorted = set()
+    for start in range(0, 200, 40):
+        ranks = sorted(torch.randperm(203, generator=torch.Generator().manual_seed(5 * 1_000_003))[start:start + 40]
+                       .tolist(), key=lambda i: lengths[i])
+        chunk_sorted |= {tuple(ranks[k:k + 8]) for k in range(0, 40, 8)}
+    assert {tuple(first[k:k + 8]) for k in range(0, 200, 8)} == chunk_sorted
+    assert first[200:] == sorted(first[200:], key=lambda i: lengths[i])  # the partial batch stays last
+
+
+def test_a_bucketed_loader_resumes_mid_pass_where_it_stood():
+    from bench.data import seek
+
+    lengths = [3 + (i * 37) % 50 for i in range(30)]
+    loader = make_loader(rows_of_lengths(lengths), 4, 0, shuffle=True, seed=2, length_buckets=2)
+    whole = [[b.row_ids.tolist() for b in loader] for _ in range(2)]  # two passes
+    again = make_loader(rows_of_lengths(lengths), 4, 0, shuffle=True, seed=2, length_buckets=2)
+    seek(again, 1, 3)  # the second pass, after its first three batches
+    assert [b.row_ids.tolist() for b in again] == whole[1][3:]
+    for batch in whole[0]:
+        assert len(batch) == 4 or batch is whole[0][-1]

@@ -82,8 +82,9 @@ class SeededShuffle(Sampler[int]):
     With `lengths` and `buckets` > 0 the order is bucketed by length: the permutation is cut into
     chunks of `buckets` batches, each chunk sorted by length and cut into batches, and the full
     batches shuffled (a last, partial batch stays last, so batches keep their rows). Batches
-    then hold rows of similar length and are padded little: on MNLI's pairs (40 tokens on
-    average) a random batch of 16 is padded to 79 tokens a row, a bucketed one to 41.
+    then hold rows of similar length and are padded little: on MNLI fiction's pairs, batches of 16
+    take 59.6 positions a row shuffled plainly and 31.2 bucketed (`bench profile --method tinybert
+    --suite mnli --domains fiction --batch-per-domain 16 [--length-buckets 0]`).
     """
 
     def __init__(self, size: int, seed: int, lengths: Sequence[int] | None = None, batch_size: int = 1,

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     t_train.add_argument("--data-dir", default=None)
     t_train.add_argument("--train-ratio", type=_ratio, default=1.0)
     t_train.add_argument("--skip-bad-rows", action="store_true")
+    t_train.add_argument("--resume", action="store_true", help="continue a killed teacher training")
+    t_train.add_argument("--checkpoint-every", type=int, default=100, metavar="STEPS",
+                         help="save a training checkpoint every STEPS steps (default 100; 0: none)")
     t_train.add_argument("--kind", choices=("single", "mix", "multi"), default="single",
                          help="single: one per domain; mix: one on the union; multi: shared encoder, a head "
                               "per domain (default: single)")

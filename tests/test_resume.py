@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from bench.cli import main
 
@@ -120,3 +121,70 @@ def test_a_negative_checkpoint_interval_is_refused(data_dir, capsys):
     assert main(["run", "--methods", "kd", "--suite", "amazon", "--preset", "smoke", "--data-dir", str(data_dir),
                  "--checkpoint-every", "-1", "--dry-run"]) == 2
     assert "--checkpoint-every -1 is negative" in capsys.readouterr().err
+
+
+# Runs the ordinary CLI, with each teacher training's loss wrapped so that the process kills itself
+# with SIGKILL at a chosen step (once: the marker file lets the resumed training live on).
+TEACHER_KILLER = """
+import os
+import signal
+import sys
+from pathlib import Path
+
+from bench.runner import Runner
+
+teacher_loss = Runner.teacher_loss
+
+
+def doomed_teacher_loss(self, view, objective, domains):
+    compute_loss, modules, tensors = teacher_loss(self, view, objective, domains)
+    calls = []
+
+    def counted(batch):
+        calls.append(1)
+        at, marker = os.environ.get("DIE_AT_STEP"), Path(os.environ.get("DIE_MARKER", "unused"))
+        if at and len(calls) == int(at) and not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return compute_loss(batch)
+
+    return counted, modules, tensors
+
+
+Runner.teacher_loss = doomed_teacher_loss
+
+from bench.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_killed_teacher_training_resumes_to_the_same_teacher(data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    launcher = tmp_path / "doomed_teacher.py"
+    launcher.write_text(TEACHER_KILLER)
+    env = {k: v for k, v in os.environ.items() if k not in ("DIE_AT_STEP", "DIE_MARKER")}
+    env.update(BENCH_DATA_DIR=str(data_dir), OMP_NUM_THREADS="1")
+
+    def train(cache, *extra, **more):
+        command = [sys.executable, str(launcher), "teacher", "train", "--suite", "amazon", "--preset", "smoke",
+                   "--domains", "books", *extra]
+        return subprocess.run(command, env={**env, "BENCH_CACHE_DIR": str(cache), **more}, capture_output=True,
+                              text=True, timeout=600)
+
+    whole = train(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = train(tmp_path / "killed", "--checkpoint-every", "2", DIE_AT_STEP="7", DIE_MARKER=str(tmp_path / "died"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    partial = tmp_path / "killed" / "teachers" / ".partial"
+    assert [p.name for p in partial.glob("*/*.pt")] == ["train.pt"]
+    resumed = train(tmp_path / "killed", "--checkpoint-every", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "teacher books: resuming at step 6/12" in resumed.stderr
+    assert whole.stdout == resumed.stdout  # the key, dev and test accuracy printed
+    (a,), (b,) = ([p for p in (tmp_path / c / "teachers").iterdir() if not p.name.startswith(".")]
+                  for c in ("whole", "killed"))
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not list(partial.glob("*/*.pt"))  # a stored teacher keeps no checkpoint

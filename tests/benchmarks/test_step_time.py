@@ -16,6 +16,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import get_linear_schedule_with_warmup
 
 from bench.api import Batch
 from bench.measure import LatencyConfig, measure_latency
@@ -46,8 +47,9 @@ def models():
     return teacher, student
 
 
-def harness_kd(teacher, student, data) -> None:
-    """`STEPS` steps of the harness: the kd plugin's loss, the runner's forwards, the training loop."""
+def harness_kd(teacher, student):
+    """`fit` over the harness's KD step (the kd plugin's loss, the runner's forwards, the training
+    loop), built once: the returned function is what is timed."""
     from bench.api import DataConfig
     from bench.plugins import get_registry
     from bench.presets import get_preset
@@ -62,13 +64,20 @@ def harness_kd(teacher, student, data) -> None:
     compute_loss = runner.student_forward(grid.distiller(kd), student,
                                           {"books": StoredTeacher("key", teacher, {}, False, None)})
     config = TrainConfig(epochs=1, batch_size=BATCH, lr=1e-4, eval_every=10**9)
-    fit(student, data, lambda b: compute_loss(b, "main"), lambda: 0.0, config, runner.accelerator, select_best=False)
+
+    def steps(data):
+        fit(student, data, lambda b: compute_loss(b, "main"), lambda: 0.0, config, runner.accelerator,
+            select_best=False)
+
+    return steps
 
 
-def bare_kd(teacher, student, data) -> None:
+def bare_kd(teacher, student):
     """The same computation written as a plain loop: what a researcher would write by hand."""
-    from transformers import get_linear_schedule_with_warmup
+    return lambda data: bare_steps(teacher, student, data)
 
+
+def bare_steps(teacher, student, data) -> None:
     optimizer = torch.optim.AdamW(param_groups([student], 0.01), lr=1e-4, fused=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(0.1 * len(data)), len(data))
     student.train()
@@ -90,10 +99,11 @@ def bare_kd(teacher, student, data) -> None:
 def test_kd_step(benchmark, loop):
     teacher, student = models()
     data = batches(STEPS, teacher.config.vocab_size)
-    loop(teacher, student, data[:2])  # warm-up: first calls allocate
+    steps = loop(teacher, student)
+    steps(data[:2])  # warm-up: first calls allocate
     benchmark.group = f"kd: {STEPS} steps, batch {BATCH} x {LENGTH}"
     benchmark.extra_info.update(steps=STEPS, batch=BATCH, length=LENGTH, threads=torch.get_num_threads())
-    benchmark.pedantic(loop, args=(teacher, student, data), rounds=5, iterations=1)
+    benchmark.pedantic(steps, args=(data,), rounds=5, iterations=1)
 
 
 def test_kd_step_overhead(benchmark):
@@ -104,12 +114,13 @@ def test_kd_step_overhead(benchmark):
 
     teacher, student = models()
     data = batches(STEPS, teacher.config.vocab_size)
+    loops = {"harness": harness_kd(teacher, student), "bare": bare_kd(teacher, student)}
     seconds = {"harness": [], "bare": []}
 
     def alternate():
-        for name, loop in (("harness", harness_kd), ("bare", bare_kd)):
+        for name, steps in loops.items():
             start = time.perf_counter()
-            loop(teacher, student, data)
+            steps(data)
             seconds[name].append(time.perf_counter() - start)
 
     alternate()  # warm-up

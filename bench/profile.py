@@ -152,9 +152,10 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
             agreement_batches: int = 8, length_buckets: int | None = None) -> Profile:
     from bench.runner import Grid, Runner
 
-    if steps < 1 or warmup < 0 or batch_per_domain < 1:
-        raise BenchError(f"cannot profile {steps} steps after {warmup} warm-up steps of batch {batch_per_domain}",
-                         "give --steps >= 1, --warmup >= 0 and --batch-per-domain >= 1")
+    if steps < 1 or warmup < 0 or batch_per_domain < 1 or (length_buckets or 0) < 0:
+        raise BenchError(f"cannot profile {steps} steps after {warmup} warm-up steps of batch {batch_per_domain}"
+                         + (f" with {length_buckets} length buckets" if length_buckets is not None else ""),
+                         "give --steps >= 1, --warmup >= 0, --batch-per-domain >= 1 and --length-buckets >= 0")
     train = dataclasses.replace(preset.student_train, batch_size=batch_per_domain, max_steps=warmup + steps,
                                 eval_every=10**9, epochs=10**6)
     if length_buckets is None:

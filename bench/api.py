@@ -185,6 +185,10 @@ class Distiller:
     # The run's domains, set by the harness before `extra_modules` (a graph over domains needs
     # their number); a multi student's head i and a batch's domain id i are domains[i].
     domains: tuple[str, ...] = ()
+    # Whether the loss reads the teacher's outputs at padded positions. False lets the harness serve
+    # them from its teacher-output cache (bench.teacher_outputs), which keeps real tokens only and
+    # fills padding with zeros (scores: the additive mask). Methods that read logits only never do.
+    reads_teacher_padding: bool = True
 
     @dataclass
     class Options:

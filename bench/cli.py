@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run the K-th of N parts of the grid (for N machines or jobs; report merges them)")
     run.add_argument("--teacher-precision", default="fp32", choices=["fp32", "bf16"],
                      help="the teacher's forwards while distilling; bf16 runs are stored apart (kd@bf16)")
+    run.add_argument("--teacher-cache", default="use", choices=["off", "use", "refresh"],
+                     help="keep each training row's teacher outputs on disk, reused by later epochs, seeds and "
+                          "methods (default use; refresh: recompute them; see `cache ls`)")
     run.add_argument("--checkpoint-every", type=int, default=100, metavar="STEPS",
                      help="save a training checkpoint every STEPS steps (default 100; 0: none)")
     run.add_argument("--option", dest="options", action="append", default=[], metavar="METHOD.KEY=VALUE",
@@ -99,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     teacher_sub.add_parser("ls", help="list stored teachers")
     t_rm = teacher_sub.add_parser("rm", help="remove stored teachers by key (a unique prefix will do)")
     t_rm.add_argument("keys", nargs="+")
+
+    cache = sub.add_parser("cache", help="the teacher-output cache: list, clear")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    cache_sub.add_parser("ls", help="list cached teacher outputs")
+    c_clear = cache_sub.add_parser("clear", help="remove cached teacher outputs (all, or by key prefix)")
+    c_clear.add_argument("keys", nargs="*")
 
     ls = sub.add_parser("ls", help="list what is registered")
     ls.add_argument("what", choices=LISTINGS)
@@ -132,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="bf16: also measure the teacher's argmax agreement and loss against fp32")
     prof.add_argument("--length-buckets", type=int, default=None, metavar="N",
                       help="batches per length-sorted chunk (0: plain shuffling); default: the preset's")
+    prof.add_argument("--teacher-cache", action="store_true",
+                      help="time the steps again with the teacher's outputs from the cache the first pass filled")
+    prof.add_argument("--epochs", type=int, default=None,
+                      help="with --teacher-cache: rate the steps over this many passes, the filling one included "
+                           "(default: the preset's student epochs)")
     prof.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
 
     report = sub.add_parser("report", help="tables and plots from the result store")
@@ -192,6 +207,7 @@ def make_grid(args, registry, methods: Sequence[str]):
                 overwrite=getattr(args, "overwrite", False), resume=getattr(args, "resume", False),
                 checkpoint_every=getattr(args, "checkpoint_every", 100), shard=getattr(args, "shard", (1, 1)),
                 teacher_precision=getattr(args, "teacher_precision", "fp32"),
+                teacher_cache=getattr(args, "teacher_cache", "use"),
                 method_options=parse_options(getattr(args, "options", []), methods))
 
 
@@ -242,7 +258,8 @@ def cmd_profile(args) -> int:
     result = profile(registry, method, suite, preset, DataConfig(resolve_data_dir(args.data_dir), args.skip_bad_rows),
                      domains, args.teacher and parse_model(args.teacher), args.student and parse_model(args.student),
                      args.batch_per_domain, args.max_len or preset.max_len, args.steps, args.warmup,
-                     teacher_precision=args.teacher_precision, length_buckets=args.length_buckets)
+                     teacher_precision=args.teacher_precision, length_buckets=args.length_buckets,
+                     teacher_cache=args.teacher_cache, epochs=args.epochs)
     print("\n".join(result.lines()))
     if args.json:
         Path(args.json).write_text(json.dumps(as_dict(result), indent=2) + "\n")
@@ -300,6 +317,30 @@ def cmd_teacher(args) -> int:
     else:
         for prefix in args.keys:
             print(f"removed teacher {store.remove(prefix)}")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    import shutil
+
+    from bench.render import render_rows
+    from bench.teacher_outputs import list_caches, outputs_root
+
+    caches = list_caches()
+    if args.cache_command == "ls":
+        rows = [{"key": c["key"], "teacher": c["identity"].get("teacher"), "domain": c["identity"].get("domain"),
+                 "precision": c["identity"].get("precision"), "chunks": c["chunks"],
+                 "MB": round(c["bytes"] / 2**20, 1),
+                 "used": time.strftime("%Y-%m-%d %H:%M", time.localtime(c["modified"]))} for c in caches]
+        print(render_rows(rows) if rows else f"no teacher outputs cached in {outputs_root()}")
+        return 0
+    chosen = [c for c in caches if not args.keys or any(c["key"].startswith(k) for k in args.keys)]
+    if args.keys and not chosen:
+        raise BenchError(f"no cached teacher outputs with a key starting {' or '.join(map(repr, args.keys))}",
+                         "see `python -m bench cache ls` for the keys")
+    for c in chosen:
+        shutil.rmtree(outputs_root() / c["key"], ignore_errors=True)
+    print(f"removed {len(chosen)} teacher-output cache(s), {sum(c['bytes'] for c in chosen) / 2**20:.1f} MB")
     return 0
 
 
@@ -391,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no bar per weight file loaded
     try:
         commands = {"run": cmd_run, "ls": cmd_ls, "data": cmd_data, "teacher": cmd_teacher,
-                    "report": cmd_report, "profile": cmd_profile}
+                    "report": cmd_report, "profile": cmd_profile, "cache": cmd_cache}
         return commands[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

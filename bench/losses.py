@@ -35,19 +35,35 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 MASKED_SCORE = -1e2
 
 
-def attention_score_mse(student_scores: torch.Tensor, teacher_scores: torch.Tensor) -> torch.Tensor:
+def attention_score_mse(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
+                        attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """TinyBERT's attention loss on pre-softmax scores (batch, heads, seq, seq): entries <= -100 (keys
-    the additive mask hid) are set to 0 on both sides, then the MSE over all elements."""
+    the additive mask hid) are set to 0 on both sides, then the MSE.
+
+    With `attention_mask` (batch, seq; 1 for real tokens) the mean runs over the real (query, key)
+    pairs only, so it does not depend on how far a batch was padded; None: over every element, as the
+    references (which pad every row to 128) compute it."""
     student_scores = student_scores.masked_fill(student_scores <= MASKED_SCORE, 0.0)
     teacher_scores = teacher_scores.masked_fill(teacher_scores <= MASKED_SCORE, 0.0)
-    return F.mse_loss(student_scores, teacher_scores)
+    if attention_mask is None:
+        return F.mse_loss(student_scores, teacher_scores)
+    real = attention_mask.bool()
+    pairs = real[:, None, :, None] & real[:, None, None, :]
+    # select before subtracting: what padded positions hold (anything, in a cache) never reaches the loss
+    diff = torch.where(pairs, student_scores, 0.0) - torch.where(pairs, teacher_scores, 0.0)
+    return diff.square().sum() / (pairs.sum() * student_scores.shape[1])
 
 
 def projected_hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
-                         projection: nn.Module) -> torch.Tensor:
-    """MSE(W H_s, H_t) over all elements; W (a trained projection) maps the student's width to the
-    teacher's."""
-    return F.mse_loss(projection(student_hidden), teacher_hidden)
+                         projection: nn.Module, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE(W H_s, H_t); W (a trained projection) maps the student's width to the teacher's. With
+    `attention_mask` (batch, seq) the mean runs over real tokens only; None: over every element."""
+    projected = projection(student_hidden)
+    if attention_mask is None:
+        return F.mse_loss(projected, teacher_hidden)
+    real = attention_mask.bool()[..., None]
+    diff = torch.where(real, projected, 0.0) - torch.where(real, teacher_hidden, 0.0)
+    return diff.square().sum() / (real.sum() * projected.shape[-1])
 
 
 # Logit given to padded keys: exp() of it is exactly 0 in every float format, and unlike -inf it

@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -110,9 +111,18 @@ class Profile:
     agreement: dict[str, Any] | None = None  # a reduced-precision teacher against the fp32 one
     length_buckets: int = 0
     padded_tokens_per_example: float = 0.0
+    # With the teacher-output cache: the same steps again, the teacher's outputs now read from the
+    # cache the first pass filled (its seconds and phases); the headline rate is then over `epochs`
+    # passes, the filling one included.
+    cached_wall_seconds: float | None = None
+    cached_phases: dict[str, float] | None = None
+    epochs: int = 1
 
     @property
     def examples_per_second(self) -> float:
+        if self.cached_wall_seconds is not None:
+            seconds = self.wall_seconds + (self.epochs - 1) * self.cached_wall_seconds
+            return self.epochs * self.examples / seconds if seconds else 0.0
         return self.examples / self.wall_seconds if self.wall_seconds else 0.0
 
     def lines(self) -> list[str]:
@@ -129,6 +139,15 @@ class Profile:
         for phase in (*PHASES, "other"):
             seconds = other if phase == "other" else self.phases.get(phase, 0.0)
             out.append(f"{phase:<10} {seconds * ms:>9.1f} {seconds / self.wall_seconds:>6.1%}")
+        if self.cached_wall_seconds is not None:
+            out.append(f"the same steps with the teacher's outputs from the cache the steps above filled: "
+                       f"{self.cached_wall_seconds:.2f} s")
+            for phase in PHASES:
+                seconds = self.cached_phases.get(phase, 0.0)
+                out.append(f"{phase:<10} {seconds * ms:>9.1f} {seconds / self.cached_wall_seconds:>6.1%}")
+            out.append(f"filling pass {self.examples / self.wall_seconds:.2f} examples/s, cached passes "
+                       f"{self.examples / self.cached_wall_seconds:.2f}; below: over {self.epochs} epochs, "
+                       "the filling one included")
         if self.agreement:
             a = self.agreement
             p = a["precision"]
@@ -149,13 +168,22 @@ def parse_model(ref: str) -> ModelSpec:
 def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset, data: DataConfig,
             domains: list[str], teacher: ModelSpec | None, student: ModelSpec | None, batch_per_domain: int,
             max_len: int, steps: int, warmup: int = 2, seed: int = 1, teacher_precision: str = "fp32",
-            agreement_batches: int = 8, length_buckets: int | None = None) -> Profile:
+            agreement_batches: int = 8, length_buckets: int | None = None, teacher_cache: bool = False,
+            epochs: int | None = None) -> Profile:
+    """Time `steps` steps after `warmup`. `teacher_cache`: time them a second time, the teacher's
+    outputs then read from the cache the first pass filled (a throwaway one), and rate them over
+    `epochs` passes (default: the preset's), the filling pass included."""
+    import tempfile
+
     from bench.runner import Grid, Runner
 
-    if steps < 1 or warmup < 0 or batch_per_domain < 1 or (length_buckets or 0) < 0:
+    epochs = preset.for_suite(suite.name).student_train.epochs if epochs is None else epochs
+    if steps < 1 or warmup < 0 or batch_per_domain < 1 or (length_buckets or 0) < 0 or epochs < 1:
         raise BenchError(f"cannot profile {steps} steps after {warmup} warm-up steps of batch {batch_per_domain}"
-                         + (f" with {length_buckets} length buckets" if length_buckets is not None else ""),
-                         "give --steps >= 1, --warmup >= 0, --batch-per-domain >= 1 and --length-buckets >= 0")
+                         + (f" with {length_buckets} length buckets" if length_buckets is not None else "")
+                         + f" over {epochs} epochs",
+                         "give --steps >= 1, --warmup >= 0, --batch-per-domain >= 1, --length-buckets >= 0 "
+                         "and --epochs >= 1")
     train = dataclasses.replace(preset.student_train, batch_size=batch_per_domain, max_steps=warmup + steps,
                                 eval_every=10**9, epochs=10**6)
     if length_buckets is None:
@@ -163,8 +191,11 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
     preset = dataclasses.replace(preset, teacher=teacher or preset.teacher, student=student or preset.student,
                                  max_len=max_len, student_train=train, suite_overrides={})
     grid = Grid(suite=suite, preset=preset, methods=[method], domains=domains, seeds=[seed], data=data,
-                results_dir="unused", checkpoint_every=0, teacher_precision=teacher_precision)
+                results_dir="unused", checkpoint_every=0, teacher_precision=teacher_precision,
+                teacher_cache="use" if teacher_cache else "off")
     runner = Runner(grid, registry)
+    scratch = tempfile.TemporaryDirectory(prefix="bench-profile-")  # its teacher is random: never reuse its outputs
+    runner.outputs_root = Path(scratch.name)
     distiller = grid.distiller(method)
     if distiller.teacher_objective() is not None:
         raise BenchError(f"{method.name} trains its teacher with its own objective, which profile does not run",
@@ -189,6 +220,8 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
         loader = runner.accelerator.prepare(loader)
     else:
         loader = runner.joint_train_loader(kind, batch_per_domain, seed, length_buckets)
+    if teacher_cache:  # both passes take the same batches
+        loader = list(itertools.islice(iter(loader), warmup + steps))
     timed = TimedLoader(loader, timer, warmup)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -196,6 +229,14 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
     stage = distiller.stages[0]
     fit(student_model, timed, lambda b: compute_loss(b, stage), lambda: 0.0, train, runner.accelerator,
         extra_modules=extra, desc=f"profile {method.name}", select_best=False, timer=timer)
+    first_wall, first_phases = timer.ended - timer.started, dict(timer.seconds)
+    cached_wall = cached_phases = None
+    if teacher_cache:
+        fit(student_model, TimedLoader(loader, timer, warmup), lambda b: compute_loss(b, stage), lambda: 0.0, train,
+            runner.accelerator, extra_modules=extra, desc=f"profile {method.name} (cached)", select_best=False,
+            timer=timer)
+        cached_wall, cached_phases = timer.ended - timer.started, dict(timer.seconds)
+    scratch.cleanup()
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     agreement = None
@@ -204,10 +245,11 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
         agreement = precision_agreement(runner, distiller, student_model, teachers, sample, stage, teacher_precision)
     return Profile(method=method.name, suite=suite.name, teacher=preset.teacher.describe() if teachers else "none",
                    student=preset.student.describe(), batch=_batch(kind, len(domains), batch_per_domain),
-                   max_len=max_len, steps=steps, examples=timed.examples, wall_seconds=timer.ended - timer.started,
-                   phases=dict(timer.seconds), peak_memory_mb=peak, device=device.type,
+                   max_len=max_len, steps=steps, examples=timed.examples, wall_seconds=first_wall,
+                   phases=first_phases, peak_memory_mb=peak, device=device.type,
                    threads=torch.get_num_threads(), teacher_precision=teacher_precision, agreement=agreement,
-                   length_buckets=length_buckets, padded_tokens_per_example=timed.tokens / max(timed.examples, 1))
+                   length_buckets=length_buckets, padded_tokens_per_example=timed.tokens / max(timed.examples, 1),
+                   cached_wall_seconds=cached_wall, cached_phases=cached_phases, epochs=epochs if teacher_cache else 1)
 
 
 @torch.no_grad()

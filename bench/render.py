@@ -202,10 +202,13 @@ def check_format(fmt: str) -> None:
 
 
 def render_rows(rows: list[dict[str, Any]]) -> str:
-    """A markdown table of plain rows (data stats and the like)."""
+    """A markdown table of plain rows (data stats and the like). Text stays text: a hex key such as
+    `12345e6789` is not read as a number."""
     from tabulate import tabulate
 
-    return tabulate(rows, headers="keys", tablefmt="github")
+    columns = list(rows[0]) if rows else []
+    text = [i for i, c in enumerate(columns) if all(isinstance(r.get(c), str) for r in rows)]
+    return tabulate(rows, headers="keys", tablefmt="github", disable_numparse=text or False)
 
 
 def render_page(tables: Sequence[Table], command: str, link_base: str | os.PathLike,

@@ -34,7 +34,7 @@ from bench.api import (
 )
 from bench.checkpoint import Checkpoint, remove_folder
 from bench.data import MultiDomainLoader, make_loader, tokenize
-from bench.errors import BenchError
+from bench.errors import BenchError, unknown_name
 from bench.failures import Failure, clear_failure, record_failure
 from bench.jobs import Job, grid_jobs, shard_jobs
 from bench.locks import FileLock
@@ -44,6 +44,8 @@ from bench.plugins import Registry, plugin_version
 from bench.precision import check_precision, with_precision
 from bench.presets import Preset
 from bench.results import SCHEMA_VERSION, RunKey, git_state, machine_info, now_utc, write_result
+from bench.teacher_outputs import MODES as CACHE_MODES
+from bench.teacher_outputs import CachedTeacher, TeacherOutputCache, cache_identity, rows_digest
 from bench.teachers import StoredTeacher, TeacherStore, get_or_train_teacher, teacher_key
 from bench.train import FitResult, Selection, TrainConfig, accuracy, fit, make_accelerator, predict, untimed
 from bench.vocab import MappedTeacher, VocabMap, align
@@ -67,10 +69,13 @@ class Grid:
     resume: bool = False  # continue killed runs from their checkpoints (else those are discarded)
     shard: tuple[int, int] = (1, 1)  # (K, N): this job runs the K-th of N parts of the grid
     teacher_precision: str = "fp32"  # of the teacher's forwards while distilling (bench.precision)
+    teacher_cache: str = "use"  # off, use or refresh the teacher-output cache (bench.teacher_outputs)
 
     def __post_init__(self):
         self.preset = self.preset.for_suite(self.suite.name)
         check_precision(self.teacher_precision)
+        if self.teacher_cache not in CACHE_MODES:
+            raise unknown_name("teacher cache mode", self.teacher_cache, CACHE_MODES)
         if not 0.0 < self.train_ratio <= 1.0:
             raise BenchError(f"train ratio {self.train_ratio} is not in (0, 1]",
                              "give the fraction of each domain's training rows to keep, e.g. 0.1")
@@ -236,6 +241,9 @@ class Runner:
         self._teacher_timing: dict[str, Any] | None = None
         self._data: dict[str, DomainData] = {}
         self._teachers: dict[tuple[str, str, str], StoredTeacher] = {}  # (kind, objective, domain) -> teacher
+        self._output_caches: dict[str, TeacherOutputCache] = {}  # identity -> its cache, opened once
+        self.outputs_root: Path | None = None  # where those caches live; None: the user's cache dir
+        self._rows_digests: dict[str, str] = {}  # domain -> digest of its tokenised training rows
         # What metrics measured of the preset's student (its latency), by its number of heads: the
         # timing depends on the architecture only, so each is measured once per process, not per run.
         self._measured: dict[int, dict[str, Any]] = {}
@@ -703,6 +711,10 @@ class Runner:
         needs = distiller.needs
         views = ({d: with_precision(self.teacher_view(t.model), self.grid.teacher_precision)
                   for d, t in teachers.items()} if teachers else None)
+        if views and self.grid.teacher_cache != "off" and (needs <= {"logits"} or not distiller.reads_teacher_padding):
+            views = {d: self.cached_teacher(view, teachers, d if distiller.student_kind != "mix" else None)
+                     for d, view in views.items()}
+        cached = [v for v in views.values() if isinstance(v, CachedTeacher)] if views else []
 
         def compute_loss(batch, stage):
             joint = isinstance(batch, dict)
@@ -714,11 +726,30 @@ class Runner:
             with timer("student"):
                 student_out = {d: student(b, needs) for d, b in batch.items()} if joint else student(batch, needs)
             with timer("loss"):
-                if joint:
-                    return distiller.multi_domain_loss(batch, student_out, teacher_out, stage)
-                return distiller.loss(batch, student_out, teacher_out, stage)
+                parts = (distiller.multi_domain_loss(batch, student_out, teacher_out, stage) if joint
+                         else distiller.loss(batch, student_out, teacher_out, stage))
+            for view in cached:  # what this batch's loss read for the first time, kept
+                view.flush()
+            return parts
 
         return compute_loss
+
+    def cached_teacher(self, view, teachers: dict[str, StoredTeacher], domain: str | None) -> CachedTeacher:
+        """`view` reading through the teacher-output caches of `domain`'s rows (None: every domain's,
+        for a mix student), one cache per (teacher, domain, rows), opened once per process."""
+        suite_domains = list(self.grid.suite.domains)
+        caches = {}
+        for d in [domain] if domain else list(self.grid.domains):
+            if d not in self._rows_digests:
+                self._rows_digests[d] = rows_digest(self.data(d).tokenized("train", self.student_tokenizer))
+            identity = cache_identity(teachers[d].key, d, self._rows_digests[d], self.grid.teacher_precision)
+            key = json.dumps(identity, sort_keys=True)
+            if key not in self._output_caches:  # refresh: the main process empties it, once per grid
+                refresh = self.grid.teacher_cache == "refresh" and self.main
+                self._output_caches[key] = TeacherOutputCache(identity, self.outputs_root, refresh=refresh)
+                self.accelerator.wait_for_everyone()
+            caches[suite_domains.index(d)] = self._output_caches[key]
+        return CachedTeacher(view, caches, teachers[domain or self.grid.domains[0]].model.config.num_hidden_layers)
 
     def run_one(self, key: RunKey, distiller: Distiller, teacher: StoredTeacher | None) -> dict[str, Any]:
         from accelerate.utils import set_seed
@@ -828,7 +859,7 @@ class Runner:
                        "config": _jsonable(vars(distiller.options)), "student_kind": distiller.student_kind},
             "teacher": None if teacher is None else {
                 "ref": p.teacher.ref, "key": teacher.key, "kind": distiller.teacher_kind, "params": timing["params"],
-                "precision": g.teacher_precision,
+                "precision": g.teacher_precision, "cache": g.teacher_cache,
                 "objective": objective.name if (objective := distiller.teacher_objective()) else None,
                 "latency": timing["latency"],
                 "dev_accuracy": teacher.info.get("dev_accuracy"),

@@ -8,7 +8,8 @@ a padded batch (a "multi" student: `multi_domain_loss` on a MultiDomainBatch of 
 each with its own teacher and head) and checks that every part is a finite scalar, that backward reaches the
 student, that one optimizer step changes it, that training-only modules stay out of the
 student's parameters, and that the loss needs no model output beyond the declared `needs`
-(the models fill only those). A method with its own teacher objective has it checked the same
+(the models fill only those), nor, when it says it does not (`reads_teacher_padding = False`),
+the teacher's outputs at padded positions. A method with its own teacher objective has it checked the same
 way on the teacher (finite parts, gradient reaching the teacher), and its prepared tensors and
 modules bound before the student's checks. A failed check raises AssertionError saying which.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from bench.api import OUTPUTS, Batch, Distiller, TeacherExtras, TeacherObjective
+from bench.api import OUTPUTS, Batch, Distiller, ModelOutputs, TeacherExtras, TeacherObjective
 from bench.models import ModelSpec, build_classifier
 
 TEACHER = ModelSpec("random:tiny")
@@ -105,6 +106,8 @@ def check_distiller(distiller_cls: type[Distiller], options: Mapping[str, Any] |
         f"{name}: extra_modules share parameters with the student; they must be training-only"
 
     batch = conformance_multi_batch() if multi else conformance_batch()
+    if teachers and not distiller.reads_teacher_padding:
+        _check_ignores_teacher_padding(distiller, batch, student_model, teachers)
     trained = list(student_model.parameters()) + extra_params
     for stage in distiller.stages:
         optimizer = torch.optim.SGD(trained, lr=0.1)
@@ -134,3 +137,43 @@ def check_distiller(distiller_cls: type[Distiller], options: Mapping[str, Any] |
         optimizer.step()
         assert any(not torch.equal(b, p) for b, p in zip(before, student_model.parameters())), \
             f"{name} stage {stage!r}: one optimizer step left the student unchanged"
+
+
+def _scramble_padding(out: ModelOutputs, mask: torch.Tensor) -> ModelOutputs:
+    """`out` with every value at a padded position (token, query or key) replaced by noise."""
+    real = mask.bool()
+
+    def scramble(x: torch.Tensor, token_dims: tuple[int, ...]) -> torch.Tensor:
+        keep = torch.ones_like(x, dtype=torch.bool)
+        for d in token_dims:  # dims of x (batch first) that run over tokens
+            shape = [1] * x.dim()
+            shape[0], shape[d] = real.shape
+            keep = keep & real.view(shape)
+        return torch.where(keep, x, torch.randn_like(x) * 3)
+
+    def layers(values, token_dims):
+        return None if values is None else tuple(scramble(v, token_dims) for v in values)
+
+    return ModelOutputs(out.logits, layers(out.hidden_states, (1,)), layers(out.attention_scores, (2, 3)),
+                        layers(out.attention_probs, (2, 3)), layers(out.values, (2,)))
+
+
+@torch.no_grad()
+def _check_ignores_teacher_padding(distiller: Distiller, batch, student_model, teachers) -> None:
+    """Each stage's loss is the same whatever the teacher's outputs hold at padded positions."""
+    subs = batch if isinstance(batch, dict) else {DOMAINS[0]: batch}
+    student_model.eval()
+    student_out = {d: student_model(b, distiller.needs) for d, b in subs.items()}
+    teacher_out = {d: teachers[d](b, distiller.needs) for d, b in subs.items()}
+    scrambled = {d: _scramble_padding(o, subs[d].attention_mask) for d, o in teacher_out.items()}
+    for stage in distiller.stages:
+        losses = []
+        for outs in (teacher_out, scrambled):
+            torch.manual_seed(0)  # the same dropout (an HRKD graph's) for both
+            losses.append(distiller.multi_domain_loss(batch, student_out, outs, stage) if isinstance(batch, dict)
+                          else distiller.loss(batch, student_out[DOMAINS[0]], outs[DOMAINS[0]], stage))
+        for part, value in losses[0].items():
+            assert torch.allclose(value, losses[1][part], rtol=1e-5, atol=1e-7), \
+                (f"{distiller.name} stage {stage!r}: loss part {part!r} changes with what the teacher's outputs hold "
+                 "at padded positions, yet reads_teacher_padding is False (cached outputs would change it): "
+                 "mask padding out of the loss, or leave reads_teacher_padding True")

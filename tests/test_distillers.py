@@ -137,21 +137,32 @@ def test_fit_layer_map_refuses_maps_that_do_not_fit(layer_map):
 
 
 # -- tinybert ---------------------------------------------------------------------------------
-def np_tinybert(student_out, teacher_out, projections, teacher_layers, t=1.0):
-    """The four parts, masking padded keys by the batch's mask (not by a score threshold)."""
+def np_tinybert(student_out, teacher_out, projections, teacher_layers, t=1.0, padding=False):
+    """The four parts. Means over real tokens (attention: real query-key pairs), on the real parts
+    cut out of each row; with `padding`, the references' means over the whole padded batch, padded
+    keys masked by the batch's mask (not by a score threshold)."""
     keys = make_batch().attention_mask.numpy()[:, None, None, :] == 1
 
     def proj(i, x):
         return x @ np_of(projections[i].weight).T + np_of(projections[i].bias)
 
+    def hidden_mse(a, b):
+        if padding:
+            return ((a - b) ** 2).mean()
+        return np.concatenate([(a[i, :n] - b[i, :n]).ravel() ** 2 for i, n in enumerate(LENGTHS)]).mean()
+
+    def attention_mse(a, b):
+        if padding:
+            return ((np.where(keys, a, 0.0) - np.where(keys, b, 0.0)) ** 2).mean()
+        return np.concatenate([((x - y) ** 2).ravel() for x, y in zip(np_cut(a), np_cut(b))]).mean()
+
     hs, ht = [np_of(h) for h in student_out.hidden_states], [np_of(h) for h in teacher_out.hidden_states]
     attention = hidden = 0.0
     for m, g in enumerate(teacher_layers, start=1):
-        a_s = np.where(keys, np_of(student_out.attention_scores[m - 1]), 0.0)
-        a_t = np.where(keys, np_of(teacher_out.attention_scores[g - 1]), 0.0)
-        attention += ((a_s - a_t) ** 2).mean()
-        hidden += ((proj(m if len(projections) > 1 else 0, hs[m]) - ht[g]) ** 2).mean()
-    return {"embedding": ((proj(0, hs[0]) - ht[0]) ** 2).mean(), "attention": attention, "hidden": hidden,
+        a_s, a_t = np_of(student_out.attention_scores[m - 1]), np_of(teacher_out.attention_scores[g - 1])
+        attention += attention_mse(a_s, a_t)
+        hidden += hidden_mse(proj(m if len(projections) > 1 else 0, hs[m]), ht[g])
+    return {"embedding": hidden_mse(proj(0, hs[0]), ht[0]), "attention": attention, "hidden": hidden,
             "prediction": np_sce(np_of(student_out.logits), np_of(teacher_out.logits), t)}
 
 
@@ -162,14 +173,17 @@ def tinybert_with_projections(options=None, student_hidden=6):
 
 
 @pytest.mark.parametrize("options,teacher_layers", [({}, (2, 4)), ({"layer_map": [1, 3]}, (1, 3)),
-                                                    ({"shared_projection": True, "temperature": 2.0}, (2, 4))])
+                                                    ({"shared_projection": True, "temperature": 2.0}, (2, 4)),
+                                                    ({"loss_padding": True}, (2, 4))])
 def test_tinybert_loss_matches_numpy(rng, teacher_out, options, teacher_layers):
     student_out = make_outputs(rng, N_STUDENT, hidden=6)  # narrower than the teacher: projections map 6 -> 8
     d, projections = tinybert_with_projections(options)
     assert len(projections) == (1 if options.get("shared_projection") else N_STUDENT + 1)
     assert d.teacher_layers == teacher_layers
     got = d.loss(make_batch(), student_out, teacher_out, "main")
-    want = np_tinybert(student_out, teacher_out, projections, teacher_layers, options.get("temperature", 1.0))
+    want = np_tinybert(student_out, teacher_out, projections, teacher_layers, options.get("temperature", 1.0),
+                       options.get("loss_padding", False))
+    assert d.reads_teacher_padding == options.get("loss_padding", False)  # only then no cached teacher outputs
     assert set(got) == set(want)
     for part in want:
         assert got[part].item() == pytest.approx(want[part], rel=1e-10), part

@@ -23,10 +23,11 @@ hidden state of each domain and layer, after the hierarchical compare-aggregate 
   student's parameters only: `train_graph` trains them), the graph runs in train mode (dropout makes
   the ratios vary from step to step), and the ratios are not detached, so gradients reach the student
   through the prototypes too (`detach_ratios` stops them).
-- Prototypes: the reference pads every row to 128 and averages over all positions, padding included.
-  Batches here are padded to their longest row, so that mean would weigh padding by whatever the
-  longest row was; the mean is over real tokens instead (`prototype_padding` restores the plain mean
-  over the padded sub-batch).
+- Padding: the reference pads every row to 128, and its prototypes and MSE means run over all
+  positions, padding included. Batches here are padded to their longest row, so such means would
+  weigh padding by whatever the longest row was; they are over real tokens instead (attention: real
+  query-key pairs). `prototype_padding` and `loss_padding` restore the plain means over the padded
+  sub-batch. Real-token losses also let the teacher's outputs come from the harness's cache.
 The ratios and compare-aggregate weights, averaged between dev evaluations, are kept in each result's
 training history (`trace`), for `python -m bench report --ratios`.
 """
@@ -70,6 +71,7 @@ class HRKD(Distiller):
         train_graph: bool = False  # the reference never updates the graph, W1 or W2
         detach_ratios: bool = False  # the reference lets gradients reach the student through the ratios
         prototype_padding: bool = False  # True: the plain mean over the padded sub-batch
+        loss_padding: bool = False  # True: the MSE means include padded positions, as the reference's
         graph_dropout: float = 0.1
         leaky_relu_slope: float = 0.2
         graph_heads: int = 8
@@ -93,6 +95,7 @@ class HRKD(Distiller):
 
     def __init__(self, options=None):
         super().__init__(options)
+        self.reads_teacher_padding = self.options.loss_padding
         self.teacher_layers: tuple[int, ...] | None = None
         self.projections: nn.ModuleList | None = None
         self.graph: DomainRelationalGraph | None = None
@@ -121,15 +124,17 @@ class HRKD(Distiller):
             modules.graph = self.graph
         return modules
 
-    def domain_losses(self, student_out, teacher_out) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    def domain_losses(self, batch, student_out, teacher_out) -> tuple[torch.Tensor, list[torch.Tensor],
+                                                                      list[torch.Tensor]]:
         """Embedding MSE, and per mapped layer the attention and the projected hidden MSE."""
         hs, ht = student_out.hidden_states, teacher_out.hidden_states
-        embedding = projected_hidden_mse(hs[0], ht[0], self.projections[0])
+        mask = None if self.options.loss_padding else batch.attention_mask
+        embedding = projected_hidden_mse(hs[0], ht[0], self.projections[0], mask)
         attention, hidden = [], []
         for m, g in enumerate(self.teacher_layers, start=1):
             attention.append(attention_score_mse(student_out.attention_scores[m - 1],
-                                                 teacher_out.attention_scores[g - 1]))
-            hidden.append(projected_hidden_mse(hs[m], ht[g], self.projections[m]))
+                                                 teacher_out.attention_scores[g - 1], mask))
+            hidden.append(projected_hidden_mse(hs[m], ht[g], self.projections[m], mask))
         return embedding, attention, hidden
 
     def ratios(self, batch, student_out) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -152,7 +157,7 @@ class HRKD(Distiller):
         parts = {"embedding": 0.0, "attention": 0.0, "hidden": 0.0, "prediction": 0.0}
         pred_weight = 1.0 / len(self.domains) if ratios is not None else 1.0
         for i, d in enumerate(self.domains):
-            embedding, attention, hidden = self.domain_losses(student_out[d], teacher_out[d])
+            embedding, attention, hidden = self.domain_losses(batch[d], student_out[d], teacher_out[d])
             weight = [r[i] for r in ratios] if ratios is not None else [1.0] * (len(attention) + 1)
             parts["embedding"] = parts["embedding"] + weight[0] * embedding
             parts["attention"] = parts["attention"] + sum(w * a for w, a in zip(weight[1:], attention))

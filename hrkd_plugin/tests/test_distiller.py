@@ -114,22 +114,36 @@ def np_projections(distiller):
     return [(p.weight.detach().double().numpy(), p.bias.detach().double().numpy()) for p in distiller.projections]
 
 
-def np_domain_parts(student, teacher, mask, proj):
-    """TinyBERT's parts of one domain, per student layer m = 0..M: embedding (m = 0), attention and hidden (m >= 1)."""
+def np_domain_parts(student, teacher, mask, proj, padding=False):
+    """TinyBERT's parts of one domain, per student layer m = 0..M: embedding (m = 0), attention and hidden (m >= 1).
+    Means over real tokens (attention: real query-key pairs), on the real parts cut out of each row; with `padding`,
+    the reference's means over the padded sub-batch."""
     project = lambda h, m: h @ proj[m][0].T + proj[m][1]  # noqa: E731
     keys = mask[:, None, None, :] > 0  # padded keys count as 0 on both sides: what the <= -100 rule is for
-    embedding = np_mse(project(student["hidden"][0], 0), teacher["hidden"][0])
-    attention = [np_mse(np.where(keys, student["attn"][m - 1], 0.0), np.where(keys, teacher["attn"][2 * m - 1], 0.0))
-                 for m in range(1, M + 1)]
-    hidden = [np_mse(project(student["hidden"][m], m), teacher["hidden"][2 * m]) for m in range(1, M + 1)]
+    lengths = [int(n) for n in (mask > 0).sum(-1)]
+
+    def hidden_mse(a, b):
+        if padding:
+            return np_mse(a, b)
+        return float(np.concatenate([((a[i, :n] - b[i, :n]) ** 2).ravel() for i, n in enumerate(lengths)]).mean())
+
+    def attention_mse(a, b):
+        if padding:
+            return np_mse(np.where(keys, a, 0.0), np.where(keys, b, 0.0))
+        return float(np.concatenate([((a[i, :, :n, :n] - b[i, :, :n, :n]) ** 2).ravel()
+                                     for i, n in enumerate(lengths)]).mean())
+
+    embedding = hidden_mse(project(student["hidden"][0], 0), teacher["hidden"][0])
+    attention = [attention_mse(student["attn"][m - 1], teacher["attn"][2 * m - 1]) for m in range(1, M + 1)]
+    hidden = [hidden_mse(project(student["hidden"][m], m), teacher["hidden"][2 * m]) for m in range(1, M + 1)]
     return embedding, attention, hidden
 
 
-def np_expected(student, teacher, masks, proj, ratios, pred_weight, t):
+def np_expected(student, teacher, masks, proj, ratios, pred_weight, t, padding=False):
     """The docstring's loss, part by part, summed over domains; ratios[m][d] (all 1 without the graph)."""
     parts = dict(embedding=0.0, attention=0.0, hidden=0.0, prediction=0.0)
     for d in range(len(student)):
-        embedding, attention, hidden = np_domain_parts(student[d], teacher[d], masks[d], proj)
+        embedding, attention, hidden = np_domain_parts(student[d], teacher[d], masks[d], proj, padding)
         parts["embedding"] += ratios[0][d] * embedding
         parts["attention"] += sum(ratios[m][d] * attention[m - 1] for m in range(1, M + 1))
         parts["hidden"] += sum(ratios[m][d] * hidden[m - 1] for m in range(1, M + 1))
@@ -234,15 +248,17 @@ def test_prototypes_with_padding_are_the_plain_mean():
 # ---- 2. no graph --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_nograph_is_tinybert_summed_over_domains(temperature):
-    distiller, modules = build(HRKDNoGraph, {"temperature": temperature})
+@pytest.mark.parametrize("temperature,padding", [(1.0, False), (2.0, False), (1.0, True)])
+def test_nograph_is_tinybert_summed_over_domains(temperature, padding):
+    distiller, modules = build(HRKDNoGraph, {"temperature": temperature, "loss_padding": padding})
     assert distiller.graph is None
+    assert distiller.reads_teacher_padding == padding  # only then no cached teacher outputs
     assert {name.split(".")[0] for name, _ in modules.named_parameters()} == {"projections"}
     batch, masks, student, teacher, s_out, t_out = make_inputs(3, -1e4, FP32_MIN)
     parts, _ = run_loss(distiller, batch, s_out, t_out)
     ones = np.ones((M + 1, len(DOMAINS)))
-    assert_parts(parts, np_expected(student, teacher, masks, np_projections(distiller), ones, 1.0, temperature))
+    assert_parts(parts, np_expected(student, teacher, masks, np_projections(distiller), ones, 1.0, temperature,
+                                    padding))
     assert distiller.trace() is None
 
 

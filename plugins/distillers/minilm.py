@@ -46,6 +46,7 @@ class MiniLM(Distiller):
     name = "minilm"
     description = "MiniLM: last-layer attention and value-relation KL + soft CE on logits"
     needs = frozenset({"logits", "attentions", "values"})
+    reads_teacher_padding = False  # relation_kl drops padded keys and query rows
     teacher_kind = "single"
 
     @dataclass

@@ -45,6 +45,7 @@ class PKD(Distiller):
     name = "pkd"
     description = "Patient KD (PKD-skip): (1-a) CE + a KD(T) + b * MSE of normalised [CLS] states, every k-th layer"
     needs = frozenset({"logits", "hidden"})
+    reads_teacher_padding = False  # [CLS] states and logits only
     teacher_kind = "single"
 
     @dataclass

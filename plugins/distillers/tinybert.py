@@ -19,8 +19,12 @@ one stage summing all four parts, one projection per layer (`fit_denses`). Optio
   its best dev checkpoint.
 - `shared_projection`: the TinyBERT reference's single `fit_dense` for every layer.
 - `layer_map`: explicit teacher layers for student layers 1..M.
-Batches are padded to their longest row, not to 128 as in the references, so the MSE means run
-over fewer padded positions: the same losses, on a somewhat larger scale.
+- `loss_padding`: see below.
+The references pad every row to 128 and their MSE means include the padded positions. Batches here
+are padded to their longest row, so such a mean would weigh padding by whatever the longest row was
+(and by the length bucketing); the embedding, attention and hidden MSEs are means over real tokens
+instead (attention: over real query-key pairs). `loss_padding` restores the mean over every element
+of the padded batch. Real-token means also let the teacher's outputs come from the harness's cache.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class TinyBERT(Distiller):
         two_stage: bool = False  # True: "intermediate" then "prediction", as the TinyBERT code
         shared_projection: bool = False  # True: one projection for every layer, as the TinyBERT code
         layer_map: tuple[int, ...] | None = None  # teacher layer per student layer 1..M; None: m * N / M
+        loss_padding: bool = False  # True: the MSE means include padded positions, as the references'
 
         def __post_init__(self):
             if self.temperature <= 0:
@@ -68,6 +73,7 @@ class TinyBERT(Distiller):
     def __init__(self, options=None):
         super().__init__(options)
         self.stages = TWO_STAGES if self.options.two_stage else ONE_STAGE
+        self.reads_teacher_padding = self.options.loss_padding
         self.teacher_layers: tuple[int, ...] | None = None  # fitted to the two models in extra_modules
         self.projections: nn.ModuleList | None = None
 
@@ -83,15 +89,16 @@ class TinyBERT(Distiller):
     def projection(self, layer: int) -> nn.Module:
         return self.projections[0 if self.options.shared_projection else layer]
 
-    def intermediate_losses(self, student_out, teacher_out):
+    def intermediate_losses(self, batch, student_out, teacher_out):
         """Embedding, attention and hidden MSE over the mapped layers."""
         hs, ht = student_out.hidden_states, teacher_out.hidden_states
+        mask = None if self.options.loss_padding else batch.attention_mask
         attention = hidden = 0.0
         for m, g in enumerate(self.teacher_layers, start=1):
             attention = attention + attention_score_mse(student_out.attention_scores[m - 1],
-                                                        teacher_out.attention_scores[g - 1])
-            hidden = hidden + projected_hidden_mse(hs[m], ht[g], self.projection(m))
-        return {"embedding": projected_hidden_mse(hs[0], ht[0], self.projection(0)),
+                                                        teacher_out.attention_scores[g - 1], mask)
+            hidden = hidden + projected_hidden_mse(hs[m], ht[g], self.projection(m), mask)
+        return {"embedding": projected_hidden_mse(hs[0], ht[0], self.projection(0), mask),
                 "attention": attention, "hidden": hidden}
 
     def selects_on_dev(self, stage):
@@ -102,7 +109,7 @@ class TinyBERT(Distiller):
             raise RuntimeError("tinybert: extra_modules() builds the projections; call it before loss()")
         parts = {}
         if stage in ("main", "intermediate"):
-            parts.update(self.intermediate_losses(student_out, teacher_out))
+            parts.update(self.intermediate_losses(batch, student_out, teacher_out))
         if stage in ("main", "prediction"):
             parts["prediction"] = soft_cross_entropy(student_out.logits, teacher_out.logits, self.options.temperature)
         return parts

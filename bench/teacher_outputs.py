@@ -1,0 +1,274 @@
+"""The teacher-output cache: each training row's teacher outputs, computed once, then reused by every
+later epoch, seed and method that reads them from the same teacher on the same rows.
+
+One folder per (teacher, domain, tokenised training rows, teacher precision, library versions,
+format) under `<cache root>/teacher-outputs/<key>/`; the key hashes all of them, so a retrained
+teacher, other rows or other code never find an old folder (`python -m bench cache ls|clear`). A
+folder holds `cache.json` (what it is) and chunk files: each holds the outputs one batch needed
+for the first time, written to a temporary name and renamed, so a killed run leaves no half chunk.
+
+Rows are kept without padding: real tokens only (an attention map: its real query-key block). A
+batch read back is padded again with zeros (scores: the additive mask's value), so the harness uses
+the cache only for methods whose loss never reads padded positions (`Distiller.reads_teacher_padding`).
+When a batch's rows lack an output the teacher runs on that batch, exactly as without a cache, and
+the outputs the loss read are kept: a cached run computes what an uncached one does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.api import Batch, ModelOutputs
+from bench.cache import cache_root
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+MODES = ("off", "use", "refresh")
+LAYERED = ("hidden_states", "attention_scores", "attention_probs", "values")
+# Which dims of each output (batch dim dropped) run over tokens, and what padding holds when read back.
+TOKEN_DIMS = {"logits": (), "hidden_states": (0,), "attention_scores": (1, 2), "attention_probs": (1, 2),
+              "values": (1,)}
+
+
+def outputs_root() -> Path:
+    return cache_root() / "teacher-outputs"
+
+
+def rows_digest(rows) -> str:
+    """The tokenised rows a teacher sees (ids and token types, in order): what makes row i row i."""
+    h = hashlib.sha256()
+    for ids, types in zip(rows["input_ids"], rows["token_type_ids"]):
+        h.update(len(ids).to_bytes(4, "little"))
+        h.update(torch.tensor(ids, dtype=torch.int32).numpy().tobytes())
+        h.update(torch.tensor(types, dtype=torch.int8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_identity(teacher_key: str, domain: str, rows: str, precision: str) -> dict[str, Any]:
+    import transformers
+
+    return {"format": FORMAT, "teacher": teacher_key, "domain": domain, "rows": rows, "precision": precision,
+            "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def identity_key(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _pad_value(field: str, dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).min if field == "attention_scores" else 0.0
+
+
+def _real(token_dims: Sequence[int], ndim: int, n: int) -> tuple[slice, ...]:
+    """The index of a row's real part: its first n positions along the token dims."""
+    return tuple(slice(0, n) if d in token_dims else slice(None) for d in range(ndim))
+
+
+class TeacherOutputCache:
+    """One folder: row ids -> each output they were needed for, in chunk files."""
+
+    def __init__(self, identity: dict[str, Any], root: Path | None = None, refresh: bool = False):
+        self.identity = identity
+        self.key = identity_key(identity)
+        self.folder = (root or outputs_root()) / self.key
+        if refresh and self.folder.exists():
+            log.info("teacher outputs %s: refreshing (removing %s)", self.key, self.folder)
+            shutil.rmtree(self.folder)
+        self._check_identity()
+        self._index: dict[str, dict[int, tuple[Any, int, int, tuple[int, ...]]]] = {}
+        self._pending: dict[str, tuple[list[int], list[torch.Tensor]]] = {}
+        self._written = 0
+        for path in sorted(self.folder.glob("*.safetensors")):
+            self._add_chunk(path)
+
+    def _check_identity(self) -> None:
+        meta = self.folder / "cache.json"
+        if meta.is_file():
+            try:
+                if json.loads(meta.read_text()) == self.identity:
+                    return
+            except (OSError, json.JSONDecodeError):
+                pass
+            log.warning("teacher outputs %s: %s does not describe this cache; rebuilding it", self.key, meta)
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = meta.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.identity, indent=1, sort_keys=True))
+        os.replace(tmp, meta)
+
+    def _add_chunk(self, path: Path) -> None:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            handle = safe_open(str(path), framework="pt")
+            shapes = json.loads(handle.metadata()["shapes"])
+            rows, lengths = handle.get_tensor("rows").tolist(), handle.get_tensor("lengths").tolist()
+            for slot, template in shapes.items():
+                field = slot.split(".")[0]
+                offset, index = 0, self._index.setdefault(slot, {})
+                for row, n in zip(rows, lengths):
+                    shape = tuple(n if d in TOKEN_DIMS[field] else size for d, size in enumerate(template))
+                    numel = int(torch.Size(shape).numel())
+                    index.setdefault(row, (handle, offset, numel, shape))
+                    offset += numel
+        except (SafetensorError, OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+            log.warning("teacher outputs %s: dropping unreadable chunk %s (%s)", self.key, path.name, exc)
+            path.unlink(missing_ok=True)
+
+    def get(self, slot: str, rows: Sequence[int]) -> list[torch.Tensor] | None:
+        """Each row's stored output, or None when any row lacks it."""
+        index = self._index.get(slot)
+        if index is None or any(r not in index for r in rows):
+            return None
+        out = []
+        for r in rows:
+            handle, offset, numel, shape = index[r]
+            out.append(handle.get_slice(slot)[offset:offset + numel].reshape(shape))
+        return out
+
+    def put(self, slot: str, rows: Sequence[int], lengths: Sequence[int], values: Sequence[torch.Tensor]) -> None:
+        """Keep these rows' outputs (their real parts: `lengths` tokens each) for the next `flush`."""
+        self._pending[slot] = (list(rows), list(lengths), [v.detach().to("cpu").contiguous() for v in values])
+
+    def flush(self) -> None:
+        """Write what `put` gathered as one chunk: all its slots cover the same rows (one batch's)."""
+        if not self._pending:
+            return
+        from safetensors.torch import save_file
+
+        rows, lengths, _ = next(iter(self._pending.values()))
+        tensors = {"rows": torch.tensor(rows, dtype=torch.int64), "lengths": torch.tensor(lengths, dtype=torch.int64)}
+        shapes = {}
+        for slot, (slot_rows, _, values) in self._pending.items():
+            if slot_rows != rows:
+                raise RuntimeError(f"teacher outputs: a chunk's slots cover other rows ({slot})")
+            shapes[slot] = list(values[0].shape)
+            tensors[slot] = torch.cat([v.reshape(-1) for v in values])
+        self._pending = {}
+        self.folder.mkdir(parents=True, exist_ok=True)  # `bench cache clear` may have removed it meanwhile
+        self._written += 1
+        path = self.folder / f"{time.time_ns()}-{os.getpid()}-{self._written}.safetensors"
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={"shapes": json.dumps(shapes)})
+        os.replace(tmp, path)
+        self._add_chunk(path)
+
+
+class _Layers(Sequence):
+    """A per-layer output, read layer by layer on first use."""
+
+    def __init__(self, count: int, read: Callable[[int], torch.Tensor]):
+        self._count, self._read, self._got = count, read, {}
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(self._count)[i])
+        j = i + self._count if i < 0 else i
+        if not 0 <= j < self._count:
+            raise IndexError(i)
+        if j not in self._got:
+            self._got[j] = self._read(j)
+        return self._got[j]
+
+
+class CachedTeacher:
+    """A teacher view whose outputs come from the caches of the batch's domains (by domain id),
+    computed by `teacher` on the batch where any row lacks one.
+
+    Outputs a loss read once are fetched with every later batch (so a profile times them as the
+    teacher's); others are read when the loss asks for them.
+    """
+
+    def __init__(self, teacher: Callable[[Batch, frozenset[str]], ModelOutputs],
+                 caches: dict[int, TeacherOutputCache], num_layers: int):
+        self.teacher, self.caches, self.num_layers = teacher, caches, num_layers
+        self.read_slots: set[tuple[str, int | None]] = set()
+        self.hits = self.misses = 0
+
+    def __call__(self, batch: Batch, needs: frozenset[str]) -> ModelOutputs:
+        live: list[ModelOutputs] = []
+        lengths = batch.attention_mask.sum(-1).tolist()
+        groups: dict[int, list[int]] = {}  # domain id -> positions in the batch
+        for i, d in enumerate(batch.domain_ids.tolist()):
+            groups.setdefault(d, []).append(i)
+        row_ids = batch.row_ids.tolist()
+
+        def forward() -> ModelOutputs:
+            if not live:
+                with torch.no_grad():
+                    live.append(self.teacher(batch, needs))
+            return live[0]
+
+        def read(field: str, layer: int | None) -> torch.Tensor:
+            self.read_slots.add((field, layer))
+            slot = field if layer is None else f"{field}.{layer}"
+            stored = {d: self.caches[d].get(slot, [row_ids[i] for i in pos]) for d, pos in groups.items()}
+            if all(v is not None for v in stored.values()):
+                self.hits += 1
+                return self._assemble(field, stored, groups, lengths, batch)
+            self.misses += 1
+            out = getattr(forward(), field)
+            out = out if layer is None else out[layer]
+            for d, pos in groups.items():
+                real = [out[i][_real(TOKEN_DIMS[field], out.dim() - 1, lengths[i])] for i in pos]
+                self.caches[d].put(slot, [row_ids[i] for i in pos], [lengths[i] for i in pos], real)
+            return out
+
+        outputs = ModelOutputs(
+            logits=read("logits", None),
+            **{field: _Layers(self.num_layers + (field == "hidden_states"),
+                              lambda j, f=field: read(f, j)) if _needed(field, needs) else None
+               for field in LAYERED})
+        for field, layer in sorted(self.read_slots, key=str):  # what earlier batches' losses read
+            if layer is not None and _needed(field, needs):
+                getattr(outputs, field)[layer]
+        return outputs
+
+    def _assemble(self, field, stored, groups, lengths, batch) -> torch.Tensor:
+        first = next(iter(stored.values()))[0]
+        dims = TOKEN_DIMS[field]
+        width = batch.input_ids.shape[1]
+        shape = [width if d in dims else size for d, size in enumerate(first.shape)]
+        out = torch.full((len(batch), *shape), _pad_value(field, first.dtype), dtype=first.dtype)
+        for d, pos in groups.items():
+            for i, value in zip(pos, stored[d]):
+                out[i][_real(dims, value.dim(), lengths[i])] = value
+        return out.to(batch.input_ids.device)
+
+    def flush(self) -> None:
+        for cache in self.caches.values():
+            cache.flush()
+
+
+def _needed(field: str, needs: frozenset[str]) -> bool:
+    return {"logits": True, "hidden_states": "hidden" in needs, "attention_scores": "attentions" in needs,
+            "attention_probs": "attentions" in needs, "values": "values" in needs}[field]
+
+
+def list_caches(root: Path | None = None) -> list[dict[str, Any]]:
+    """Every cache folder: its key and identity, rows and outputs held, size on disk."""
+    out = []
+    for folder in sorted((root or outputs_root()).glob("*/")):
+        try:
+            identity = json.loads((folder / "cache.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            identity = {}
+        chunks = list(folder.glob("*.safetensors"))
+        out.append({"key": folder.name, "identity": identity, "chunks": len(chunks),
+                    "bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
+                    "modified": max((p.stat().st_mtime for p in folder.iterdir()), default=folder.stat().st_mtime)})
+    return out

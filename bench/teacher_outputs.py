@@ -30,6 +30,7 @@ import torch
 
 from bench.api import Batch, ModelOutputs
 from bench.cache import cache_root
+from bench.errors import BenchError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,29 @@ def cache_identity(teacher_key: str, domain: str, rows: str, precision: str) -> 
 
 def identity_key(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+# safetensors dtype names -> torch dtype and bytes per element (what save_file writes for them)
+_DTYPES = {"F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2), "I64": (torch.int64, 8)}
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, str], int]:
+    """A safetensors file's tensor table, its metadata and where its data starts."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if not 0 < size < 2**24:
+            raise ValueError(f"header of {size} bytes")
+        header = json.loads(f.read(size))
+    return header, header.pop("__metadata__", {}), 8 + size
+
+
+def _read(path: Path, data_start: int, info: dict[str, Any]) -> torch.Tensor:
+    begin, end = info["data_offsets"]
+    with open(path, "rb") as f:
+        data = os.pread(f.fileno(), end - begin, data_start + begin)
+    if len(data) != end - begin:
+        raise ValueError("the file ends early")
+    return torch.frombuffer(bytearray(data), dtype=_DTYPES[info["dtype"]][0]).reshape(info["shape"])
 
 
 def _pad_value(field: str, dtype: torch.dtype) -> float:
@@ -108,33 +132,45 @@ class TeacherOutputCache:
         os.replace(tmp, meta)
 
     def _add_chunk(self, path: Path) -> None:
-        from safetensors import SafetensorError, safe_open
-
         try:
-            handle = safe_open(str(path), framework="pt")
-            shapes = json.loads(handle.metadata()["shapes"])
-            rows, lengths = handle.get_tensor("rows").tolist(), handle.get_tensor("lengths").tolist()
+            tensors, metadata, data_start = _read_header(path)
+            if path.stat().st_size != data_start + max(t["data_offsets"][1] for t in tensors.values()):
+                raise ValueError("its size is not what its header says (a cut or overwritten file)")
+            shapes = json.loads(metadata["shapes"])
+            rows, lengths = (_read(path, data_start, tensors[name]).tolist() for name in ("rows", "lengths"))
             for slot, template in shapes.items():
                 field = slot.split(".")[0]
-                offset, index = 0, self._index.setdefault(slot, {})
+                info = tensors[slot]
+                dtype, itemsize = _DTYPES[info["dtype"]]
+                offset, index = data_start + info["data_offsets"][0], self._index.setdefault(slot, {})
                 for row, n in zip(rows, lengths):
                     shape = tuple(n if d in TOKEN_DIMS[field] else size for d, size in enumerate(template))
-                    numel = int(torch.Size(shape).numel())
-                    index.setdefault(row, (handle, offset, numel, shape))
-                    offset += numel
-        except (SafetensorError, OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+                    nbytes = int(torch.Size(shape).numel()) * itemsize
+                    index.setdefault(row, (path, offset, nbytes, shape, dtype))
+                    offset += nbytes
+                if offset != data_start + info["data_offsets"][1]:
+                    raise ValueError(f"{slot} holds {info['data_offsets'][1] - info['data_offsets'][0]} bytes, "
+                                     f"its rows {offset - data_start - info['data_offsets'][0]}")
+        except (OSError, KeyError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
             log.warning("teacher outputs %s: dropping unreadable chunk %s (%s)", self.key, path.name, exc)
             path.unlink(missing_ok=True)
 
     def get(self, slot: str, rows: Sequence[int]) -> list[torch.Tensor] | None:
-        """Each row's stored output, or None when any row lacks it."""
+        """Each row's stored output, or None when any row lacks it. Read with plain reads, not
+        memory maps, so a large cache never counts as the process's memory."""
         index = self._index.get(slot)
         if index is None or any(r not in index for r in rows):
             return None
         out = []
         for r in rows:
-            handle, offset, numel, shape = index[r]
-            out.append(handle.get_slice(slot)[offset:offset + numel].reshape(shape))
+            path, offset, nbytes, shape, dtype = index[r]
+            value = torch.empty(shape, dtype=dtype)
+            with open(path, "rb") as f:
+                got = os.preadv(f.fileno(), [value.view(-1).view(torch.uint8).numpy()], offset)
+            if got != nbytes:
+                raise BenchError(f"teacher outputs {self.key}: {path.name} ends early (it changed since it was read)",
+                                 f"remove the cache (python -m bench cache clear {self.key}) and run again")
+            out.append(value)
         return out
 
     def put(self, slot: str, rows: Sequence[int], lengths: Sequence[int], values: Sequence[torch.Tensor]) -> None:

@@ -49,8 +49,8 @@ def attention_score_mse(student_scores: torch.Tensor, teacher_scores: torch.Tens
         return F.mse_loss(student_scores, teacher_scores)
     real = attention_mask.bool()
     pairs = real[:, None, :, None] & real[:, None, None, :]
-    # select before subtracting: what padded positions hold (anything, in a cache) never reaches the loss
-    diff = torch.where(pairs, student_scores, 0.0) - torch.where(pairs, teacher_scores, 0.0)
+    # padded entries (masked scores, anything a cache pads with) are <= -100 or finite, so 0 or finite here
+    diff = torch.where(pairs, student_scores - teacher_scores, 0.0)
     return diff.square().sum() / (pairs.sum() * student_scores.shape[1])
 
 
@@ -62,7 +62,7 @@ def projected_hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Ten
     if attention_mask is None:
         return F.mse_loss(projected, teacher_hidden)
     real = attention_mask.bool()[..., None]
-    diff = torch.where(real, projected, 0.0) - torch.where(real, teacher_hidden, 0.0)
+    diff = torch.where(real, projected - teacher_hidden, 0.0)
     return diff.square().sum() / (real.sum() * projected.shape[-1])
 
 

@@ -331,7 +331,7 @@ def cmd_cache(args) -> int:
         rows = [{"key": c["key"], "teacher": c["identity"].get("teacher"), "domain": c["identity"].get("domain"),
                  "precision": c["identity"].get("precision"), "chunks": c["chunks"],
                  "MB": round(c["bytes"] / 2**20, 1),
-                 "used": time.strftime("%Y-%m-%d %H:%M", time.localtime(c["modified"]))} for c in caches]
+                 "written": time.strftime("%Y-%m-%d %H:%M", time.localtime(c["modified"]))} for c in caches]
         print(render_rows(rows) if rows else f"no teacher outputs cached in {outputs_root()}")
         return 0
     chosen = [c for c in caches if not args.keys or any(c["key"].startswith(k) for k in args.keys)]

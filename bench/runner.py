@@ -746,7 +746,8 @@ class Runner:
             key = json.dumps(identity, sort_keys=True)
             if key not in self._output_caches:  # refresh: the main process empties it, once per grid
                 refresh = self.grid.teacher_cache == "refresh" and self.main
-                self._output_caches[key] = TeacherOutputCache(identity, self.outputs_root, refresh=refresh)
+                rows_total = len(self.data(d).tokenized("train", self.student_tokenizer))
+                self._output_caches[key] = TeacherOutputCache(identity, self.outputs_root, refresh, rows_total)
                 self.accelerator.wait_for_everyone()
             caches[suite_domains.index(d)] = self._output_caches[key]
         return CachedTeacher(view, caches, teachers[domain or self.grid.domains[0]].model.config.num_hidden_layers)

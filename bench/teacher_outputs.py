@@ -102,8 +102,14 @@ def _real(token_dims: Sequence[int], ndim: int, n: int) -> tuple[slice, ...]:
 class TeacherOutputCache:
     """One folder: row ids -> each output they were needed for, in chunk files."""
 
-    def __init__(self, identity: dict[str, Any], root: Path | None = None, refresh: bool = False):
-        self.identity = identity
+    def __init__(self, identity: dict[str, Any], root: Path | None = None, refresh: bool = False,
+                 rows_total: int | None = None):
+        """`rows_total`: the rows the folder may come to hold; with it, writing stops (with a warning)
+        once the projected size of the finished cache would not fit in the disk's free space."""
+        self.identity, self.rows_total = identity, rows_total
+        self.full = False  # out of room: what is stored is still read, nothing more is written
+        self._bytes = 0  # of the chunks on disk
+        self._rows: set[int] = set()  # rows some chunk holds
         self.key = identity_key(identity)
         self.folder = (root or outputs_root()) / self.key
         if refresh and self.folder.exists():
@@ -151,6 +157,8 @@ class TeacherOutputCache:
                 if offset != data_start + info["data_offsets"][1]:
                     raise ValueError(f"{slot} holds {info['data_offsets'][1] - info['data_offsets'][0]} bytes, "
                                      f"its rows {offset - data_start - info['data_offsets'][0]}")
+            self._bytes += path.stat().st_size
+            self._rows.update(rows)
         except (OSError, KeyError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
             log.warning("teacher outputs %s: dropping unreadable chunk %s (%s)", self.key, path.name, exc)
             path.unlink(missing_ok=True)
@@ -179,7 +187,8 @@ class TeacherOutputCache:
 
     def flush(self) -> None:
         """Write what `put` gathered as one chunk: all its slots cover the same rows (one batch's)."""
-        if not self._pending:
+        if not self._pending or self.full:
+            self._pending = {}
             return
         from safetensors.torch import save_file
 
@@ -199,6 +208,20 @@ class TeacherOutputCache:
         save_file(tensors, str(tmp), metadata={"shapes": json.dumps(shapes)})
         os.replace(tmp, path)
         self._add_chunk(path)
+        self._check_room()
+
+    def _check_room(self) -> None:
+        """Stop writing when the rest of the cache, projected from the bytes per row so far, would
+        take more than 90% of the disk's free space (a full disk would fail the run, or others)."""
+        if not self.rows_total or not self._rows:
+            return
+        rest = self._bytes / len(self._rows) * max(self.rows_total - len(self._rows), 0)
+        free = shutil.disk_usage(self.folder).free
+        if rest > 0.9 * free:
+            self.full = True
+            log.warning("teacher outputs %s: the rest of this cache would take about %.1f GB, and %s has %.1f GB "
+                        "free; no more is written (the teacher runs for the rows not cached). Free space, or "
+                        "run with --teacher-cache off", self.key, rest / 1e9, self.folder.parent, free / 1e9)
 
 
 class _Layers(Sequence):

@@ -325,6 +325,36 @@ def test_refresh_empties_the_folder(rows, teacher, tmp_path):
     assert counting.calls == 1
 
 
+def test_writing_stops_when_the_finished_cache_would_not_fit_on_the_disk(rows, teacher, tmp_path, caplog,
+                                                                          monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    cache = TeacherOutputCache(identity(rows), root=tmp_path, rows_total=len(rows[0]["books"]))
+    counting = Counting(teacher)
+    cached = CachedTeacher(counting, {0: cache}, LAYERS)
+    read_all(cached(batch_of(rows, "books", [0, 1]), NEEDS))
+    cached.flush()  # plenty of room: written
+    per_row = sum(p.stat().st_size for p in cache.folder.glob("*.safetensors")) / 2
+    assert not cache.full
+    # the rest (all rows but these) needs ~per_row * (rows - 2): report less free than that
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, int(per_row * 3)))
+    caplog.set_level(logging.WARNING, logger="bench.teacher_outputs")
+    batch = batch_of(rows, "books", [2, 3])
+    read_all(cached(batch, NEEDS))
+    cached.flush()  # this chunk is written, then the projection stops further writing
+    assert cache.full and "no more is written" in caplog.text and "--teacher-cache off" in caplog.text
+    chunks = set(cache.folder.glob("*.safetensors"))
+    late = batch_of(rows, "books", [4, 5])
+    assert_live(read_all(cached(late, NEEDS)), live(teacher, late))  # served live, exactly
+    cached.flush()
+    assert set(cache.folder.glob("*.safetensors")) == chunks  # nothing more written
+    calls = counting.calls
+    assert_real_parts_equal(read_all(cached(batch, NEEDS)), live(teacher, batch), batch)
+    assert counting.calls == calls  # what is stored is still read
+
+
 # 5, 6. through the runner and the CLI --------------------------------------------------------------
 
 @pytest.fixture(scope="module")

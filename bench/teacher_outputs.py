@@ -116,8 +116,9 @@ class TeacherOutputCache:
             log.info("teacher outputs %s: refreshing (removing %s)", self.key, self.folder)
             shutil.rmtree(self.folder)
         self._check_identity()
-        self._index: dict[str, dict[int, tuple[Any, int, int, tuple[int, ...]]]] = {}
-        self._pending: dict[str, tuple[list[int], list[torch.Tensor]]] = {}
+        # slot -> row -> (chunk, byte offset, bytes, shape, dtype) of its first stored copy
+        self._index: dict[str, dict[int, tuple[Path, int, int, tuple[int, ...], torch.dtype]]] = {}
+        self._pending: dict[str, tuple[list[int], list[int], list[torch.Tensor]]] = {}  # slot -> rows, lengths, values
         self._written = 0
         for path in sorted(self.folder.glob("*.safetensors")):
             self._add_chunk(path)

@@ -742,7 +742,8 @@ class Runner:
         for d in [domain] if domain else list(self.grid.domains):
             if d not in self._rows_digests:
                 self._rows_digests[d] = rows_digest(self.data(d).tokenized("train", self.student_tokenizer))
-            identity = cache_identity(teachers[d].key, d, self._rows_digests[d], self.grid.teacher_precision)
+            identity = cache_identity(teachers[d].key, d, self._rows_digests[d], self.grid.teacher_precision,
+                                      self.grid.preset.student.ref)
             key = json.dumps(identity, sort_keys=True)
             if key not in self._output_caches:  # refresh: the main process empties it, once per grid
                 refresh = self.grid.teacher_cache == "refresh" and self.main

@@ -56,11 +56,13 @@ def rows_digest(rows) -> str:
     return h.hexdigest()
 
 
-def cache_identity(teacher_key: str, domain: str, rows: str, precision: str) -> dict[str, Any]:
+def cache_identity(teacher_key: str, domain: str, rows: str, precision: str, tokenizer: str) -> dict[str, Any]:
+    """What a cache's outputs depend on. `rows` digests the rows' ids in the student's `tokenizer`, which
+    the teacher's own ids are mapped from when the two vocabularies differ."""
     import transformers
 
-    return {"format": FORMAT, "teacher": teacher_key, "domain": domain, "rows": rows, "precision": precision,
-            "torch": torch.__version__, "transformers": transformers.__version__}
+    return {"format": FORMAT, "teacher": teacher_key, "domain": domain, "rows": rows, "tokenizer": tokenizer,
+            "precision": precision, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def identity_key(identity: dict[str, Any]) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import resource
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ import torch
 from bench.api import DataConfig, Distiller, SuiteSpec
 from bench.data import batch_examples, make_loader
 from bench.errors import BenchError
+from bench.memory import peak_rss_mib
 from bench.models import ModelSpec, build_classifier
 from bench.precision import with_precision
 from bench.presets import Preset
@@ -238,7 +238,7 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
         cached_wall, cached_phases = timer.ended - timer.started, dict(timer.seconds)
     scratch.cleanup()
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            else peak_rss_mib())
     agreement = None
     if teachers and teacher_precision != "fp32":
         sample = list(itertools.islice(iter(loader), agreement_batches))

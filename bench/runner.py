@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import json
 import logging
 import time
@@ -39,6 +40,7 @@ from bench.failures import Failure, clear_failure, record_failure
 from bench.jobs import Job, grid_jobs, shard_jobs
 from bench.locks import FileLock
 from bench.measure import measure_latency, param_counts
+from bench.memory import peak_rss_mib, reset_peak_rss
 from bench.models import build_classifier, load_config, load_tokenizer
 from bench.plugins import Registry, plugin_version
 from bench.precision import check_precision, with_precision
@@ -329,6 +331,7 @@ class Runner:
 
     def attempt(self, job: Job) -> list[Path]:
         """Run `job` and write its results; on an error, record it as failed and go on."""
+        self.release_teachers(keep=job)
         try:
             records = self.run_joint(job.method, job.seed) if job.joint else {
                 job.key.domain: self.run_one(job.key, self.grid.distiller(job.method), self.teacher_for(job))}
@@ -343,6 +346,18 @@ class Runner:
             remove_folder(self.checkpoint_folder(job.key))
         self.accelerator.wait_for_everyone()
         return written
+
+    def release_teachers(self, keep: Job) -> None:
+        """Drop the loaded teachers `keep` does not use. Otherwise a grid holds every teacher it met
+        (each domain's, the joint ones, the meta-teacher) to its end; the store reloads one in seconds."""
+        distiller = self.grid.distiller(keep.method)
+        needed = set()
+        if distiller.teacher_kind:
+            tag = json.dumps(_objective_identity(distiller.teacher_objective()), sort_keys=True)
+            needed = {(distiller.teacher_kind, tag, k.domain) for k in keep.keys}
+        if set(self._teachers) - needed:
+            self._teachers = {k: t for k, t in self._teachers.items() if k in needed}
+            gc.collect()
 
     def teacher_for(self, job: Job) -> StoredTeacher | None:
         distiller = self.grid.distiller(job.method)
@@ -764,6 +779,7 @@ class Runner:
             self.bind_teacher(distiller, teacher)
         compute_loss = self.student_forward(distiller, student, {key.domain: teacher} if teacher else None)
 
+        reset_peak_rss()
         start = time.perf_counter()
         def train_stage(stage: str, checkpoint: Checkpoint) -> Trained:
             return self.train_and_test(
@@ -799,6 +815,7 @@ class Runner:
         compute_loss = self.student_forward(distiller, student, teachers)
         label = g.label(method)
 
+        reset_peak_rss()
         start = time.perf_counter()
         def train_stage(stage: str, checkpoint: Checkpoint) -> dict[str, Trained]:
             return self.train_and_test_joint(
@@ -878,7 +895,9 @@ class Runner:
             # teacher time spent by this run: its training when it was trained for it, else 0
             "timings": {"teacher_seconds": teacher.info.get("wall_seconds") if teacher and teacher.trained_now
                         else 0.0,
-                        "train_seconds": round(train_seconds, 3), "eval_seconds": round(eval_seconds, 3)},
+                        "train_seconds": round(train_seconds, 3), "eval_seconds": round(eval_seconds, 3),
+                        # the process's peak RSS over this run's training and testing (per run on Linux)
+                        "peak_rss_mib": round(peak_rss_mib())},
         }
 
 

@@ -137,3 +137,25 @@ def test_dry_run_counts_joint_training_once(tmp_path, data_dir, capsys):
     assert "books,dvd,electronics,kitchen (mix student): finetune-mix seed 1: 384 examples" in lines
     assert lines[-1] == "examples to process in all: 768"
     assert torch.is_grad_enabled()
+
+
+def test_a_grid_holds_only_the_teachers_of_the_job_it_runs(data_dir, tmp_path):
+    """Each domain's teacher is let go when the grid moves on (reloaded from the store if needed
+    again); each run records its own peak memory."""
+    from bench.api import DataConfig
+    from bench.runner import Runner
+
+    registry = get_registry()
+    grid = Grid(suite=registry.suite("amazon"), preset=get_preset("smoke"),
+                methods=[registry.distiller("kd"), registry.distiller("finetune")], domains=["books", "dvd"],
+                seeds=[1], data=DataConfig(str(data_dir)), results_dir=str(tmp_path))
+    runner = Runner(grid, registry)
+    held = []
+    run_one = runner.run_one
+    runner.run_one = lambda key, *a: (held.append(sorted(d for _, _, d in runner._teachers)), run_one(key, *a))[1]
+    written = runner.run()
+    assert len(written) == 4
+    # kd books, finetune books (needs no teacher), kd dvd, finetune dvd
+    assert held == [["books"], [], ["dvd"], []]
+    for path in written:
+        assert json.loads(path.read_text())["timings"]["peak_rss_mib"] > 100  # torch and a model at least

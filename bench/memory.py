@@ -1,0 +1,37 @@
+"""Peak resident memory of this process, per run.
+
+Linux keeps a process's peak RSS (VmHWM in /proc/self/status) and resets it to the current RSS
+when "5" is written to /proc/self/clear_refs, so one process running a grid can report each
+run's own peak. Elsewhere the peak is the process's lifetime maximum (getrusage), which is
+what a fresh process running one run reports anyway.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak at the current RSS; False where the OS cannot (the peak stays the process's)."""
+    try:
+        _CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    """The peak resident memory since the last `reset_peak_rss` (else since the process started), MiB."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux

@@ -101,6 +101,27 @@ class Batch:
 MultiDomainBatch = dict[str, Batch]
 
 
+class LazyLayers(Sequence):
+    """A per-layer output computed (or read) layer by layer on first use: a loss that reads two
+    layers of six pays for two."""
+
+    def __init__(self, count: int, read: Callable[[int], torch.Tensor]):
+        self._count, self._read, self._got = count, read, {}
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(self._count)[i])
+        j = i + self._count if i < 0 else i
+        if not 0 <= j < self._count:
+            raise IndexError(i)
+        if j not in self._got:
+            self._got[j] = self._read(j)
+        return self._got[j]
+
+
 @dataclass
 class ModelOutputs:
     """What a forward pass returns; each field is filled only when a distiller asked for it.
@@ -108,13 +129,15 @@ class ModelOutputs:
     hidden_states: embedding output then each layer, (batch, seq, hidden) each.
     attention_scores: per layer, pre-softmax (batch, heads, seq, seq) with the additive mask applied.
     attention_probs: per layer, after softmax. values: per layer, (batch, heads, seq, head_dim).
+    Any per-layer field may be a LazyLayers, computed on first use (a frozen teacher's
+    probabilities, outputs read from the teacher-output cache).
     """
 
     logits: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attention_scores: tuple[torch.Tensor, ...] | None = None
-    attention_probs: tuple[torch.Tensor, ...] | None = None
-    values: tuple[torch.Tensor, ...] | None = None
+    hidden_states: Sequence[torch.Tensor] | None = None
+    attention_scores: Sequence[torch.Tensor] | None = None
+    attention_probs: Sequence[torch.Tensor] | None = None
+    values: Sequence[torch.Tensor] | None = None
 
 
 class TeacherObjective:

@@ -8,12 +8,31 @@ what a fresh process running one run reports anyway.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import resource
 import sys
 from pathlib import Path
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_free_heap() -> None:
+    """Hand the heap's free pages back to the OS (glibc's malloc_trim). glibc keeps what a finished
+    phase freed (a teacher's training, an earlier run) and, fragmented over its arenas, it would
+    count in every later run's memory. Once per run: per step it costs ~15% of the speed here."""
+    if (trim := _malloc_trim()) is not None:
+        trim(0)
 
 
 def reset_peak_rss() -> bool:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from bench import packaged
-from bench.api import OUTPUTS, Batch, ModelOutputs, ModelSource
+from bench.api import OUTPUTS, Batch, LazyLayers, ModelOutputs, ModelSource
 from bench.errors import BenchError, unknown_name
 from bench.hookspecs import hookimpl
 
@@ -203,7 +203,8 @@ def truncate(encoder: nn.Module, layers: Sequence[int]) -> nn.Module:
 # them from this attention function, registered with transformers under ATTENTION_CAPTURE;
 # every other forward runs the fast SDPA kernel.
 ATTENTION_CAPTURE = "bench_eager"
-_captured: contextvars.ContextVar[list | None] = contextvars.ContextVar("bench_attention", default=None)
+# the forward in progress: its per-layer records, and whether to keep the value vectors
+_captured: contextvars.ContextVar[tuple[list, bool] | None] = contextvars.ContextVar("bench_attention", default=None)
 
 
 def _capturing_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -214,9 +215,12 @@ def _capturing_attention(module, query, key, value, attention_mask, scaling=None
     if attention_mask is not None:
         scores = scores + attention_mask
     probs = torch.softmax(scores, dim=-1)
-    record = _captured.get()
-    if record is not None:
-        record.append((scores, probs, value))
+    capture = _captured.get()
+    if capture is not None:
+        record, keep_values = capture
+        # Without autograd nothing else holds the probabilities and values (a frozen teacher's): kept
+        # only when asked for, else every layer's would live as long as the outputs.
+        record.append((scores, probs if torch.is_grad_enabled() else None, value if keep_values else None))
     out = torch.matmul(nn.functional.dropout(probs, p=dropout, training=module.training), value)
     return out.transpose(1, 2).contiguous(), probs
 
@@ -256,8 +260,8 @@ class Classifier(nn.Module):
                              f"a distiller may need: {', '.join(sorted(OUTPUTS))}")
         attention = bool(needs & {"attentions", "values"})
         self._use_attention(ATTENTION_CAPTURE if attention else "sdpa")
-        record: list | None = [] if attention else None
-        token = _captured.set(record)
+        record: list = []
+        token = _captured.set((record, "values" in needs) if attention else None)
         # MPNet has no token types (it silently drops them); RoBERTa has one, and a pair's 1s would
         # index past it. Token types go only to encoders with two or more.
         types = {"token_type_ids": batch.token_type_ids} if getattr(self.config, "type_vocab_size", 0) > 1 else {}
@@ -279,6 +283,8 @@ class Classifier(nn.Module):
             all_logits = torch.stack([head(pooled) for head in self.heads], dim=1)
             logits = all_logits[torch.arange(len(pooled), device=pooled.device), batch.domain_ids]
         scores, probs, values = zip(*record) if record else (None, None, None)
+        if probs and probs[0] is None:  # recomputed on first use, exactly as the forward did
+            probs = LazyLayers(len(scores), lambda i: torch.softmax(scores[i], dim=-1))
         return ModelOutputs(
             logits=logits,
             hidden_states=out.hidden_states if "hidden" in needs else None,

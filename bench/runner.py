@@ -40,7 +40,7 @@ from bench.failures import Failure, clear_failure, record_failure
 from bench.jobs import Job, grid_jobs, shard_jobs
 from bench.locks import FileLock
 from bench.measure import measure_latency, param_counts
-from bench.memory import peak_rss_mib, reset_peak_rss
+from bench.memory import peak_rss_mib, release_free_heap, reset_peak_rss
 from bench.models import build_classifier, load_config, load_tokenizer
 from bench.plugins import Registry, plugin_version
 from bench.precision import check_precision, with_precision
@@ -779,6 +779,7 @@ class Runner:
             self.bind_teacher(distiller, teacher)
         compute_loss = self.student_forward(distiller, student, {key.domain: teacher} if teacher else None)
 
+        release_free_heap()
         reset_peak_rss()
         start = time.perf_counter()
         def train_stage(stage: str, checkpoint: Checkpoint) -> Trained:
@@ -815,6 +816,7 @@ class Runner:
         compute_loss = self.student_forward(distiller, student, teachers)
         label = g.label(method)
 
+        release_free_heap()
         reset_peak_rss()
         start = time.perf_counter()
         def train_stage(stage: str, checkpoint: Checkpoint) -> dict[str, Trained]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from bench.api import Batch, ModelOutputs
+from bench.api import Batch, LazyLayers, ModelOutputs
 from bench.cache import cache_root
 from bench.errors import BenchError
 
@@ -227,26 +227,6 @@ class TeacherOutputCache:
                         "run with --teacher-cache off", self.key, rest / 1e9, self.folder.parent, free / 1e9)
 
 
-class _Layers(Sequence):
-    """A per-layer output, read layer by layer on first use."""
-
-    def __init__(self, count: int, read: Callable[[int], torch.Tensor]):
-        self._count, self._read, self._got = count, read, {}
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return tuple(self[j] for j in range(self._count)[i])
-        j = i + self._count if i < 0 else i
-        if not 0 <= j < self._count:
-            raise IndexError(i)
-        if j not in self._got:
-            self._got[j] = self._read(j)
-        return self._got[j]
-
-
 class CachedTeacher:
     """A teacher view whose outputs come from the caches of the batch's domains (by domain id),
     computed by `teacher` on the batch where any row lacks one.
@@ -292,7 +272,7 @@ class CachedTeacher:
 
         outputs = ModelOutputs(
             logits=read("logits", None),
-            **{field: _Layers(self.num_layers + (field == "hidden_states"),
+            **{field: LazyLayers(self.num_layers + (field == "hidden_states"),
                               lambda j, f=field: read(f, j)) if _needed(field, needs) else None
                for field in LAYERED})
         for field, layer in sorted(self.read_slots, key=str):  # what earlier batches' losses read

@@ -118,6 +118,29 @@ def test_attention_scores_probs_and_values_match_an_independent_computation():
         np.testing.assert_allclose(out.values[layer].detach().numpy(), v, rtol=1e-4, atol=1e-5)
 
 
+def test_a_frozen_forward_keeps_no_probabilities_or_values_it_was_not_asked_for():
+    """Under no_grad nothing but the outputs holds a layer's probabilities and values: they are
+    recomputed on first use (bitwise as the forward had them) or, for values, kept only when asked."""
+    from bench.api import LazyLayers
+
+    torch.manual_seed(0)
+    model = build_classifier(ModelSpec("random:tiny"), 2).eval()
+    ids = torch.tensor([[101, 2000, 2001, 102], [101, 2003, 102, 0]])
+    batch = Batch(ids, (ids != 0).long(), torch.zeros_like(ids), torch.tensor([0, 1]), torch.tensor([0, 0]))
+    with_grad = model(batch, frozenset({"logits", "attentions", "values"}))
+    with torch.no_grad():
+        frozen = model(batch, frozenset({"logits", "attentions"}))
+        frozen_values = model(batch, frozenset({"logits", "attentions", "values"}))
+    assert frozen.values is None
+    assert isinstance(frozen.attention_probs, LazyLayers) and not isinstance(with_grad.attention_probs, LazyLayers)
+    for layer in range(4):
+        assert torch.equal(frozen.attention_scores[layer], with_grad.attention_scores[layer].detach())
+        assert torch.equal(frozen.attention_probs[layer], with_grad.attention_probs[layer].detach())
+        assert torch.equal(frozen_values.values[layer], with_grad.values[layer].detach())
+    assert frozen.attention_probs[-1] is frozen.attention_probs[3]  # computed once
+    assert len(frozen.attention_probs[1:3]) == 2
+
+
 def test_attention_capture_gives_the_same_logits_as_sdpa_and_switches_back():
     torch.manual_seed(0)
     model = build_classifier(ModelSpec("random:tiny"), 2).eval()

@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write a heatmap of the per-layer domain ratios (HRKD's) over training steps, "
                              "one PNG per training that traced them")
     report.add_argument("--write", default=None, metavar="FILE",
-                        help="also write the markdown tables as a page (with links to --plots)")
+                        help="also write the markdown tables as a page, linking its plots (--plots, else those an "
+                        "earlier --plots drew in plots/ beside the results dir)")
     return parser
 
 
@@ -414,6 +415,10 @@ def cmd_report(args) -> int:
         # Plot links are relative to the results dir's parent (results/ for results/runs), where
         # the page is meant to sit: a page written elsewhere to compare is then byte-identical.
         link_base = Path(args.results_dirs[0]).resolve().parent
+        if not args.plots:  # the plots an earlier --plots drew beside the store (results/plots)
+            from bench.plots import existing_plots
+
+            plots = existing_plots(tables, link_base / "plots")
         written.append(write_page(args.write, tables, _report_command(args), link_base, plots))
     for path in written:
         print(f"wrote {path}", file=sys.stderr)

@@ -32,17 +32,26 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
     return front
 
 
+def plot_paths(table: Table, out_dir: str | Path) -> tuple[Path, Path]:
+    """Where `write_plots` draws `table`'s accuracy-latency plot and its per-domain bars."""
+    return Path(out_dir) / f"{table.slug}-accuracy-latency.png", Path(out_dir) / f"{table.slug}-domains.png"
+
+
 def write_plots(tables: Sequence[Table], out_dir: str | Path) -> dict[str, list[Path]]:
     """`<slug>-accuracy-latency.png` and `<slug>-domains.png` per table (slug: `<suite>-<preset>`);
     the paths written, by table slug. A plot whose fields are missing is skipped with a warning."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     written = {}
     for table in tables:
-        paths = [plot_accuracy_latency(table, out_dir / f"{table.slug}-accuracy-latency.png"),
-                 plot_domains(table, out_dir / f"{table.slug}-domains.png")]
+        latency_path, domains_path = plot_paths(table, out_dir)
+        paths = [plot_accuracy_latency(table, latency_path), plot_domains(table, domains_path)]
         written[table.slug] = [p for p in paths if p is not None]
     return written
+
+
+def existing_plots(tables: Sequence[Table], out_dir: str | Path) -> dict[str, list[Path]]:
+    """The plots an earlier `--plots out_dir` drew for these tables, by table slug."""
+    return {table.slug: [p for p in plot_paths(table, out_dir) if p.is_file()] for table in tables}
 
 
 def plot_accuracy_latency(table: Table, path: Path) -> Path | None:

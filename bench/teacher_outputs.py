@@ -172,16 +172,20 @@ class TeacherOutputCache:
         index = self._index.get(slot)
         if index is None or any(r not in index for r in rows):
             return None
-        out = []
-        for r in rows:
-            path, offset, nbytes, shape, dtype = index[r]
-            value = torch.empty(shape, dtype=dtype)
+        by_chunk: dict[Path, list[int]] = {}  # a batch's rows mostly sit in a few chunks: one open each
+        for i, r in enumerate(rows):
+            by_chunk.setdefault(index[r][0], []).append(i)
+        out: list[torch.Tensor] = [None] * len(rows)  # type: ignore[list-item]
+        for path, positions in by_chunk.items():
             with open(path, "rb") as f:
-                got = os.preadv(f.fileno(), [value.view(-1).view(torch.uint8).numpy()], offset)
-            if got != nbytes:
-                raise BenchError(f"teacher outputs {self.key}: {path.name} ends early (it changed since it was read)",
-                                 f"remove the cache (python -m bench cache clear {self.key}) and run again")
-            out.append(value)
+                for i in positions:
+                    _, offset, nbytes, shape, dtype = index[rows[i]]
+                    value = torch.empty(shape, dtype=dtype)
+                    if os.preadv(f.fileno(), [value.view(-1).view(torch.uint8).numpy()], offset) != nbytes:
+                        raise BenchError(
+                            f"teacher outputs {self.key}: {path.name} ends early (it changed since it was read)",
+                            f"remove the cache (python -m bench cache clear {self.key}) and run again")
+                    out[i] = value
         return out
 
     def put(self, slot: str, rows: Sequence[int], lengths: Sequence[int], values: Sequence[torch.Tensor]) -> None:

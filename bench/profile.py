@@ -194,8 +194,10 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
                 results_dir="unused", checkpoint_every=0, teacher_precision=teacher_precision,
                 teacher_cache="use" if teacher_cache else "off")
     runner = Runner(grid, registry)
-    scratch = tempfile.TemporaryDirectory(prefix="bench-profile-")  # its teacher is random: never reuse its outputs
-    runner.outputs_root = Path(scratch.name)
+    # its teacher may be random: never reuse its outputs, never leave them behind
+    scratch = tempfile.TemporaryDirectory(prefix="bench-profile-") if teacher_cache else None
+    if scratch is not None:
+        runner.outputs_root = Path(scratch.name)
     distiller = grid.distiller(method)
     if distiller.teacher_objective() is not None:
         raise BenchError(f"{method.name} trains its teacher with its own objective, which profile does not run",
@@ -236,7 +238,8 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
             runner.accelerator, extra_modules=extra, desc=f"profile {method.name} (cached)", select_best=False,
             timer=timer)
         cached_wall, cached_phases = timer.ended - timer.started, dict(timer.seconds)
-    scratch.cleanup()
+    if scratch is not None:
+        scratch.cleanup()
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else peak_rss_mib())
     agreement = None

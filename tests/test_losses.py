@@ -60,3 +60,49 @@ def test_finetune_loss_is_cross_entropy(logits):
                   domain_ids=torch.zeros(5, dtype=torch.long))
     parts = ft.loss(batch, ModelOutputs(torch.tensor(zs)), None, "main")
     assert parts["ce"].item() == pytest.approx(-np_log_softmax(zs)[np.arange(5), y].mean(), rel=1e-10)
+
+
+def np_masked_attention_mse(s, t, mask):
+    """TinyBERT's attention-score MSE over the real (query, key) pairs of each row, cutting the
+    padding away rather than masking it."""
+    total, count = 0.0, 0
+    for b, n in enumerate(mask.sum(1)):
+        ss, tt = s[b, :, :n, :n].copy(), t[b, :, :n, :n].copy()
+        ss[ss <= -100], tt[tt <= -100] = 0.0, 0.0
+        total += ((ss - tt) ** 2).sum()
+        count += ss.size
+    return total / count
+
+
+def np_masked_hidden_mse(hs, ht, w, bias, mask):
+    total, count = 0.0, 0
+    for b, n in enumerate(mask.sum(1)):
+        projected = hs[b, :n] @ w.T + bias
+        total += ((projected - ht[b, :n]) ** 2).sum()
+        count += projected.size
+    return total / count
+
+
+def test_masked_attention_and_hidden_mse_match_numpy_on_the_real_tokens():
+    from bench.losses import attention_score_mse, projected_hidden_mse
+
+    rng = np.random.default_rng(1)
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    s, t = rng.normal(size=(3, 2, 5, 5)) * 4, rng.normal(size=(3, 2, 5, 5)) * 4
+    keys = mask[:, None, None, :].astype(bool)
+    s, t = np.where(keys, s, -1e4), np.where(keys, t, -1e4)  # padded keys carry the additive mask
+    s[:, :, 3:, :][np.broadcast_to(~mask[:, None, 3:, None].astype(bool), s[:, :, 3:, :].shape)] = 7.0  # noise
+    torch_mask = torch.tensor(mask)
+    got = attention_score_mse(torch.tensor(s), torch.tensor(t), torch_mask)
+    assert got.item() == pytest.approx(np_masked_attention_mse(s, t, mask), rel=1e-12)
+    # without a mask: the references' mean over every element (padding included)
+    s0, t0 = np.where(s <= -100, 0.0, s), np.where(t <= -100, 0.0, t)
+    assert attention_score_mse(torch.tensor(s), torch.tensor(t)).item() == pytest.approx(((s0 - t0) ** 2).mean())
+
+    hs, ht = rng.normal(size=(3, 5, 4)), rng.normal(size=(3, 5, 6))
+    projection = torch.nn.Linear(4, 6).double()
+    w, bias = projection.weight.detach().numpy(), projection.bias.detach().numpy()
+    got = projected_hidden_mse(torch.tensor(hs), torch.tensor(ht), projection, torch_mask)
+    assert got.item() == pytest.approx(np_masked_hidden_mse(hs, ht, w, bias, mask), rel=1e-12)
+    full = projected_hidden_mse(torch.tensor(hs), torch.tensor(ht), projection)
+    assert full.item() == pytest.approx((((hs @ w.T + bias) - ht) ** 2).mean(), rel=1e-12)

@@ -286,11 +286,12 @@ def fit(
                 history.append(entry)
                 log.info("%s: step %d/%d loss %.4f dev accuracy %.4f (%.1f ex/s)", desc, step, total,
                          loss.item(), acc, rate)
+                snapshot = None  # one copy for every domain whose best is this step
                 for key, value in ({"mean": acc} if select_on_mean else dev).items():
                     if key not in selections or value > selections[key].dev_accuracy or not select_best:
-                        selections[key] = Selection(
-                            step, value, clone_state(model),
-                            clone_state(extra_modules) if extra_modules is not None else None)
+                        snapshot = snapshot or (clone_state(model), clone_state(extra_modules)
+                                                if extra_modules is not None else None)
+                        selections[key] = Selection(step, value, *snapshot)
             if (checkpoint is not None and checkpoint_every and step % checkpoint_every == 0 and step < total
                     and accelerator.is_main_process):
                 save_checkpoint()

@@ -9,8 +9,10 @@ A reference is `scheme:name`: `random:tiny` (a named shape, random init), `pkg:a
 from __future__ import annotations
 
 import contextvars
+import functools
 import importlib
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -167,6 +169,7 @@ def load_encoder(spec: ModelSpec, attn_implementation: str = "sdpa") -> nn.Modul
         raise BenchError(f"init 'truncate' of {spec.ref} names no layers", "give the layers to keep")
     if spec.layers:  # a random init with layers is the same shape, fewer layers
         encoder = truncate(encoder, spec.layers)
+    _adapt_own_attention(encoder)
     return encoder
 
 
@@ -215,14 +218,59 @@ def _capturing_attention(module, query, key, value, attention_mask, scaling=None
     if attention_mask is not None:
         scores = scores + attention_mask
     probs = torch.softmax(scores, dim=-1)
-    capture = _captured.get()
-    if capture is not None:
-        record, keep_values = capture
-        # Without autograd nothing else holds the probabilities and values (a frozen teacher's): kept
-        # only when asked for, else every layer's would live as long as the outputs.
-        record.append((scores, probs if torch.is_grad_enabled() else None, value if keep_values else None))
+    if _captured.get() is not None:
+        _record(scores, probs, value)
     out = torch.matmul(nn.functional.dropout(probs, p=dropout, training=module.training), value)
     return out.transpose(1, 2).contiguous(), probs
+
+
+def _record(scores, probs, value) -> None:
+    """Keep one layer's attention for the forward in progress, if it asked for them."""
+    record, keep_values = _captured.get()
+    # Without autograd nothing else holds the probabilities and values (a frozen teacher's): kept
+    # only when asked for, else every layer's would live as long as the outputs.
+    record.append((scores, probs if torch.is_grad_enabled() else None, value if keep_values else None))
+
+
+def _mpnet_self_attention(module, hidden_states, attention_mask=None, position_bias=None,
+                          output_attentions=False, **kwargs):
+    """transformers' MPNetSelfAttention.forward, op for op, recording its scores (relative position
+    bias and mask added), probabilities and values. MPNet computes attention in its own module, so
+    transformers' attention functions, which the capture above replaces, never see it."""
+    hidden_shape = (*hidden_states.shape[:-1], -1, module.attention_head_size)
+    q = module.q(hidden_states).view(hidden_shape).transpose(1, 2)
+    k = module.k(hidden_states).view(hidden_shape).transpose(1, 2)
+    v = module.v(hidden_states).view(hidden_shape).transpose(1, 2)
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(module.attention_head_size)
+    if position_bias is not None:
+        scores = scores + position_bias
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = nn.functional.softmax(scores, dim=-1)
+    _record(scores, probs, v)
+    c = torch.matmul(module.dropout(probs), v).permute(0, 2, 1, 3).contiguous()
+    o = module.o(c.view(*c.size()[:-2], module.all_head_size))
+    return (o, probs) if output_attentions else (o,)
+
+
+# Attention modules that do not go through transformers' attention functions, by class name: the
+# forward that records them. A forward not asked for attention runs the module's own code.
+OWN_ATTENTION = {"MPNetSelfAttention": _mpnet_self_attention}
+
+
+def _adapt_own_attention(encoder: nn.Module) -> None:
+    """Give every attention module of OWN_ATTENTION a forward that records when asked to."""
+    adapted = 0
+    for module in encoder.modules():
+        capture = OWN_ATTENTION.get(type(module).__name__)
+        if capture is not None:
+            module.forward = functools.partial(_own_or_capturing, module, type(module).forward, capture)
+            adapted += 1
+    encoder.captures_own_attention = adapted > 0
+
+
+def _own_or_capturing(module, own, capture, *args, **kwargs):
+    return own(module, *args, **kwargs) if _captured.get() is None else capture(module, *args, **kwargs)
 
 
 def _register_attention() -> None:
@@ -296,7 +344,7 @@ class Classifier(nn.Module):
     def _use_attention(self, implementation: str) -> None:
         """Switch kernels only when a run's needs change, never per step."""
         if not self.encoder._can_set_attn_implementation():  # its own attention code (MPNet): eager only
-            if implementation == ATTENTION_CAPTURE:
+            if implementation == ATTENTION_CAPTURE and not getattr(self.encoder, "captures_own_attention", False):
                 raise BenchError(f"{type(self.encoder).__name__} cannot give attention scores or values",
                                  "use a distiller that needs only logits and hidden states with this model")
             return

@@ -153,3 +153,77 @@ def test_attention_capture_gives_the_same_logits_as_sdpa_and_switches_back():
     assert torch.allclose(fast, captured.logits, atol=1e-5)
     model(batch)
     assert model.encoder.config._attn_implementation == "sdpa"
+
+
+@pytest.fixture
+def tiny_mpnet(tmp_path):
+    """A random 2-layer MPNet in transformers layout: its attention is its own module's code."""
+    from transformers import AutoModel, MPNetConfig
+
+    torch.manual_seed(0)
+    AutoModel.from_config(MPNetConfig(vocab_size=30527, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=64)).save_pretrained(tmp_path / "mpnet")
+    return ModelSpec(f"path:{tmp_path / 'mpnet'}")
+
+
+def _mpnet_batch():
+    ids = torch.tensor([[0, 2000, 2001, 2002, 2003, 2], [0, 2004, 2, 1, 1, 1]])  # 1: MPNet's <pad>
+    mask = (ids != 1).long()
+    return Batch(ids, mask, torch.zeros_like(ids), torch.tensor([0, 1]), torch.tensor([0, 0]))
+
+
+def test_mpnet_attention_scores_probs_and_values_match_its_own_and_an_independent_computation(tiny_mpnet):
+    """MPNet's scores carry its relative position bias: the captured scores are q.k/sqrt(d) (numpy)
+    plus that bias at real keys, their softmax is the probabilities MPNet itself returns, the values
+    are the layer input's value projection, and capturing changes no logit."""
+    import numpy as np
+
+    model = build_classifier(tiny_mpnet, 2).eval()
+    batch = _mpnet_batch()
+    keep = batch.attention_mask.bool().numpy()[:, None, None, :]
+    plain = model(batch)
+    out = model(batch, frozenset({"logits", "hidden", "attentions", "values"}))
+    assert torch.equal(plain.logits, out.logits)
+    own = model.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_attentions=True)
+    assert len(out.attention_scores) == len(out.values) == len(own.attentions) == 2
+    heads, d = 2, 16
+    for layer, block in enumerate(model.encoder.encoder.layer):
+        h = out.hidden_states[layer].detach().numpy().astype(np.float64)
+        attn = block.attention.attn
+
+        def project(lin):
+            w, b = lin.weight.detach().numpy(), lin.bias.detach().numpy()
+            return (h @ w.T + b).reshape(2, -1, heads, d).transpose(0, 2, 1, 3)
+
+        q, k, v = project(attn.q), project(attn.k), project(attn.v)
+        bias = model.encoder.encoder.compute_position_bias(out.hidden_states[layer]).detach().numpy()
+        want = np.broadcast_to(q @ k.transpose(0, 1, 3, 2) / np.sqrt(d) + bias, (2, heads, 6, 6))
+        got = out.attention_scores[layer].detach().numpy()
+        mask = np.broadcast_to(keep, want.shape)
+        np.testing.assert_allclose(got[mask], want[mask], rtol=1e-4, atol=1e-5)
+        assert (got[~mask] <= -1e30).all()  # padded keys carry the additive mask
+        assert torch.equal(out.attention_probs[layer], own.attentions[layer])
+        np.testing.assert_allclose(out.values[layer].detach().numpy(), v, rtol=1e-4, atol=1e-5)
+
+
+def test_a_truncated_mpnet_student_captures_with_gradients_and_a_frozen_one_lazily(tiny_mpnet):
+    from bench.api import LazyLayers
+
+    student = build_classifier(ModelSpec(tiny_mpnet.ref, init="truncate", layers=(1,)), 2).train()
+    out = student(_mpnet_batch(), frozenset({"logits", "attentions"}))
+    assert len(out.attention_scores) == 1 and out.attention_scores[0].requires_grad
+    out.attention_probs[0].sum().backward()
+    assert student.encoder.encoder.layer[0].attention.attn.q.weight.grad is not None
+    with torch.no_grad():
+        frozen = student.eval()(_mpnet_batch(), frozenset({"logits", "attentions"}))
+    assert isinstance(frozen.attention_probs, LazyLayers) and frozen.values is None
+
+
+def test_an_encoder_with_attention_code_of_its_own_and_no_capture_says_so(tiny_mpnet, monkeypatch):
+    import bench.models
+
+    monkeypatch.setattr(bench.models, "OWN_ATTENTION", {})
+    model = build_classifier(tiny_mpnet, 2)
+    assert model(_mpnet_batch()).logits.shape == (2, 2)
+    with pytest.raises(BenchError, match="MPNetModel cannot give attention scores or values"):
+        model(_mpnet_batch(), frozenset({"logits", "attentions"}))

@@ -85,6 +85,15 @@ def test_a_packaged_model_that_is_not_installed_names_its_package(monkeypatch):
         load_encoder(ModelSpec("pkg:all-MiniLM-L6-v2"))
 
 
+def _heads(hidden: torch.Tensor, linear: torch.nn.Linear, heads: int):
+    """A layer input's projection by `linear`, in numpy (float64), split into heads: (batch, heads, seq, d)."""
+    import numpy as np
+
+    h = hidden.detach().numpy().astype(np.float64)
+    w, b = linear.weight.detach().numpy(), linear.bias.detach().numpy()
+    return (h @ w.T + b).reshape(*h.shape[:2], heads, -1).transpose(0, 2, 1, 3)
+
+
 def test_attention_scores_probs_and_values_match_an_independent_computation():
     """Pre-softmax scores with the additive mask applied, probabilities and value vectors,
     recomputed here in numpy from each layer's input and its query/key/value weights."""
@@ -99,14 +108,8 @@ def test_attention_scores_probs_and_values_match_an_independent_computation():
     assert len(out.attention_scores) == len(out.attention_probs) == len(out.values) == 4
     heads, d = 2, 32
     for layer, attn in enumerate(model.encoder.encoder.layer):
-        h = out.hidden_states[layer].detach().numpy().astype(np.float64)
         sa = attn.attention.self
-
-        def project(lin):
-            w, b = lin.weight.detach().numpy(), lin.bias.detach().numpy()
-            return (h @ w.T + b).reshape(2, -1, heads, d).transpose(0, 2, 1, 3)
-
-        q, k, v = project(sa.query), project(sa.key), project(sa.value)
+        q, k, v = (_heads(out.hidden_states[layer], lin, heads) for lin in (sa.query, sa.key, sa.value))
         want = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d)
         got = out.attention_scores[layer].detach().numpy()
         keep = np.broadcast_to(mask.numpy()[:, None, None, :].astype(bool), want.shape)
@@ -188,14 +191,8 @@ def test_mpnet_attention_scores_probs_and_values_match_its_own_and_an_independen
     assert len(out.attention_scores) == len(out.values) == len(own.attentions) == 2
     heads, d = 2, 16
     for layer, block in enumerate(model.encoder.encoder.layer):
-        h = out.hidden_states[layer].detach().numpy().astype(np.float64)
         attn = block.attention.attn
-
-        def project(lin):
-            w, b = lin.weight.detach().numpy(), lin.bias.detach().numpy()
-            return (h @ w.T + b).reshape(2, -1, heads, d).transpose(0, 2, 1, 3)
-
-        q, k, v = project(attn.q), project(attn.k), project(attn.v)
+        q, k, v = (_heads(out.hidden_states[layer], lin, heads) for lin in (attn.q, attn.k, attn.v))
         bias = model.encoder.encoder.compute_position_bias(out.hidden_states[layer]).detach().numpy()
         want = np.broadcast_to(q @ k.transpose(0, 1, 3, 2) / np.sqrt(d) + bias, (2, heads, 6, 6))
         got = out.attention_scores[layer].detach().numpy()

@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--ratios", default=None, metavar="DIR",
                         help="write a heatmap of the per-layer domain ratios (HRKD's) over training steps, "
                              "one PNG per training that traced them")
+    report.add_argument("--versus", default="hrkd", metavar="METHOD",
+                        help="compare this method with every other, seed by seed, under each markdown table "
+                             "where it ran (default hrkd; none: no comparison)")
     report.add_argument("--write", default=None, metavar="FILE",
                         help="also write the markdown tables as a page, linking its plots (--plots, else those an "
                         "earlier --plots drew in plots/ beside the results dir)")
@@ -383,6 +386,8 @@ def _report_command(args) -> str:
             words += [flag, value]
     if args.metric != "accuracy":
         words += ["--metric", args.metric]
+    if args.versus != "hrkd":
+        words += ["--versus", args.versus]
     return " ".join(map(shlex.quote, words)) + " --write <this file>"
 
 
@@ -399,7 +404,8 @@ def cmd_report(args) -> int:
     known = {d for name, domains in orders.items() if args.suite in (None, name) for d in domains}
     paper = read_paper(args.paper, known) if args.paper else None
     args.results_dirs = args.results_dirs or [DEFAULT_RESULTS_DIR]
-    tables = build_tables(iter_results(*args.results_dirs), args.suite, orders, paper=paper, metric=args.metric)
+    tables = build_tables(iter_results(*args.results_dirs), args.suite, orders, paper=paper, metric=args.metric,
+                          versus=None if args.versus == "none" else args.versus)
     print(render_tables(tables, args.format), end="")
     plots = {}
     if args.plots:

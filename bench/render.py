@@ -125,7 +125,33 @@ def _render_md(table: Table) -> str:
 
     headers, body, notes = _grid(table, MARKUP["md"])
     text = tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
-    return "\n\n".join([f"### {table.title}", text, *notes]) + "\n"
+    return "\n\n".join([f"### {table.title}", text, *notes, *_versus_md(table)]) + "\n"
+
+
+def _versus_md(table: Table) -> list[str]:
+    """The table's `versus` method against each other student: title, table, note (none without)."""
+    from tabulate import tabulate
+
+    if not table.comparisons:
+        return []
+    ours, escape = table.versus, MARKUP["md"].escape
+    body = []
+    for c in table.comparisons:
+        delta = "-" if c.delta is None else f"{c.delta.mean:+.1f}"
+        if c.delta is not None and c.delta.std is not None:
+            delta += f" ± {c.delta.std:.1f}"
+        body.append([escape(c.method), delta, str(c.seeds), "-" if c.method == ours else f"{c.leads} of {c.domains}",
+                     "-" if c.train_minutes is None else f"{c.train_minutes:.1f}"])
+    headers = ["method", f"{ours} − method, avg (points)", "paired seeds", f"domains {ours} leads",
+               "student training (min per seed)"]
+    note = (f"{ours} − method: the difference of their {METRICS[table.metric]} averaged over the domains, taken "
+            f"seed by seed over the seeds both ran on every domain: mean ± sample std over those seeds (no std "
+            f"for one seed). Domains {ours} leads: on each method's mean over its seeds. Student training: the "
+            "runs' wall time per seed as recorded, teachers not counted; runs that shared the machine with other "
+            "work took longer.")
+    return [f"### {table.name}: {escape(ours)} against each method",
+            tabulate(body, headers=[escape(h) for h in headers], tablefmt="github", disable_numparse=True),
+            escape(note)]
 
 
 def _render_latex(table: Table) -> str:

@@ -95,6 +95,18 @@ class Column:
     best: str | None = None  # "max", "min", or None: not ranked
 
 
+@dataclass(frozen=True)
+class Versus:
+    """One method (the table's `versus` method) against another, on the table's domains."""
+
+    method: str
+    delta: Stat | None  # the versus method's average minus this one's, in points: mean (± std) over paired seeds
+    seeds: int  # seeds both ran on every domain
+    leads: int  # domains where the versus method's mean over seeds is the higher
+    domains: int
+    train_minutes: float | None  # this method's student training per seed, as recorded (teachers not counted)
+
+
 @dataclass
 class Table:
     suite: str
@@ -104,6 +116,8 @@ class Table:
     domains: list[str]
     rows: list[Row]
     timing: str | None = None  # the conditions latency was measured under, for the note
+    versus: str | None = None  # the method compared with every other (`report --versus`), if it ran here
+    comparisons: list[Versus] = field(default_factory=list)  # its own first, then the others in row order
 
     @property
     def name(self) -> str:
@@ -135,9 +149,10 @@ class Table:
 
 def build_tables(records: Iterable[dict[str, Any]], suite: str | None, domain_orders: Mapping[str, Sequence[str]],
                  method_order: Sequence[str] | None = None, *, paper: Sequence[Row] | None = None,
-                 metric: str = "accuracy") -> list[Table]:
+                 metric: str = "accuracy", versus: str | None = None) -> list[Table]:
     """One Table per (suite, train ratio, preset) in the records, in sorted order; `paper`
-    rows (see `read_paper`) are appended to each table."""
+    rows (see `read_paper`) are appended to each table. A table where method `versus` ran
+    compares it with each other measured method (`Table.comparisons`)."""
     if metric not in METRICS:
         raise BenchError(f"unknown report metric {metric!r}", f"use one of: {', '.join(METRICS)}")
     df = to_frame(records)
@@ -157,7 +172,11 @@ def build_tables(records: Iterable[dict[str, Any]], suite: str | None, domain_or
         reported = [replace(r, scores=dict(r.scores)) for r in paper or []]
         rows = _measured_rows(sub, domains, metric, method_order) + reported
         timing = _timing(sub, f"{suite_name}/{preset}")
-        tables.append(Table(suite_name, float(ratio), preset, metric, domains, rows, timing))
+        table = Table(suite_name, float(ratio), preset, metric, domains, rows, timing)
+        if versus in set(sub["method.name"]):
+            table.versus = versus
+            table.comparisons = _comparisons(sub, versus, [r.method for r in rows if r.ranked], domains, metric)
+        tables.append(table)
     if paper:
         _warn_unused_paper_columns(paper, tables)
     return tables
@@ -228,6 +247,36 @@ def _method_row(method: str, df: pd.DataFrame, domains: list[str], metric: str) 
                latency_ms=_median(df, STUDENT_LATENCY), speedup=_median(df, SPEEDUP))
 
 
+def _comparisons(df: pd.DataFrame, versus: str, methods: Sequence[str], domains: list[str],
+                 metric: str) -> list[Versus]:
+    """`versus` against each of `methods`: the difference of their domain averages seed by seed,
+    over the seeds both ran on every domain, and the domains where `versus` leads on the means."""
+    column = f"metrics.{metric}"
+    scores = {m: df[df["method.name"] == m].pivot_table(index="seed", columns="suite.domain", values=column)
+              .reindex(columns=domains) for m in methods}
+    ours = scores[versus]
+    out = []
+    for method in [versus, *(m for m in methods if m != versus)]:
+        theirs = scores[method]
+        paired = (ours - theirs).dropna()
+        means = ours.mean() - theirs.mean()
+        out.append(Versus(method, None if method == versus else Stat.of(paired.mean(axis=1)), len(paired),
+                          int((means > 0).sum()), int(means.notna().sum()),
+                          _train_minutes(df[df["method.name"] == method])))
+    return out
+
+
+def _train_minutes(df: pd.DataFrame) -> float | None:
+    """Student training per seed, in minutes: a run per domain adds up; a run on all domains at once
+    (multi, mix) writes the same time into each domain's record, counted once."""
+    if "timings.train_seconds" not in df or df["timings.train_seconds"].isna().any():
+        return None
+    joint = df.get("method.student_kind", pd.Series("single", index=df.index)).isin(["multi", "mix"])
+    per_seed = [(g["timings.train_seconds"].iloc[0] if joint[g.index].all() else g["timings.train_seconds"].sum())
+                for _, g in df.groupby("seed")]
+    return float(sum(per_seed) / len(per_seed) / 60)
+
+
 def _largest(df: pd.DataFrame, column: str) -> float | None:
     value = df[column].max()
     return None if pd.isna(value) else float(value)
@@ -264,10 +313,10 @@ def _warn_unused_paper_columns(paper: Sequence[Row], tables: Sequence[Table]) ->
 
 def build_report(records: Iterable[dict[str, Any]], suite: str | None, domain_orders: Mapping[str, Sequence[str]],
                  fmt: str = "md", method_order: Sequence[str] | None = None, *,
-                 paper: Sequence[Row] | None = None, metric: str = "accuracy") -> str:
+                 paper: Sequence[Row] | None = None, metric: str = "accuracy", versus: str | None = None) -> str:
     """The tables of the records (all suites, or `suite`'s) rendered in `fmt`."""
     from bench.render import check_format, render_tables
 
     check_format(fmt)
-    tables = build_tables(records, suite, domain_orders, method_order, paper=paper, metric=metric)
+    tables = build_tables(records, suite, domain_orders, method_order, paper=paper, metric=metric, versus=versus)
     return render_tables(tables, fmt)

@@ -399,3 +399,44 @@ def test_a_page_written_without_plots_links_those_drawn_beside_the_store(new_sto
     assert f"`python -m bench report --results-dir {new_store} --write <this file>`" in page
     assert re.findall(r"!\[[^]]*\]\(([^)]+)\)", page) == [
         "plots/amazon-smoke-accuracy-latency.png", "plots/amazon-smoke-domains.png"]
+
+
+def test_a_method_is_compared_with_each_other_seed_by_seed(tmp_path, capsys):
+    """hrkd (one joint run per seed, 10 min) against kd (a run per domain, 2 min each): their domain
+    averages differ by 4.0 and 1.0 points on the seeds both ran (kd's third seed pairs with nothing),
+    hrkd leads on books' means only; finetune ran one domain, so no seed pairs."""
+    def timed(rec, seconds, kind="single"):
+        rec["timings"] = {"train_seconds": seconds}
+        rec["method"]["student_kind"] = kind
+        return rec
+
+    runs = [timed(record("hrkd", d, s, a), 600.0, "multi")
+            for s, accs in ((1, (0.80, 0.70)), (2, (0.84, 0.66))) for d, a in zip(("books", "dvd"), accs)]
+    runs += [timed(record("kd", d, s, a), 120.0)
+             for s, accs in ((1, (0.70, 0.72)), (2, (0.78, 0.70)), (3, (0.90, 0.90)))
+             for d, a in zip(("books", "dvd"), accs)]
+    runs.append(timed(record("finetune", "books", 1, 0.5), 60.0))
+    root = store(tmp_path / "r", runs)
+    [table] = build_tables(iter_results(root), None, ORDERS, versus="hrkd")
+    ours, kd, finetune = (next(c for c in table.comparisons if c.method == m) for m in ("hrkd", "kd", "finetune"))
+    assert table.comparisons[0] is ours and ours.delta is None and ours.seeds == 2
+    assert ours.train_minutes == pytest.approx(10.0) and kd.train_minutes == pytest.approx(4.0)
+    assert kd.seeds == 2 and kd.delta.mean == pytest.approx(2.5) and kd.delta.std == pytest.approx(2 ** 0.5 * 1.5)
+    assert (kd.leads, kd.domains) == (1, 2)
+    assert finetune.seeds == 0 and finetune.delta is None and (finetune.leads, finetune.domains) == (1, 1)
+
+    assert main(["report", "--results-dir", str(root)]) == 0
+    text = capsys.readouterr().out
+    assert "### amazon (smoke preset): hrkd against each method" in text
+    kd_line = next(line for line in text.splitlines() if line.startswith("| kd ") and "of" in line)
+    assert [c.strip() for c in kd_line.split("|")[1:-1]] == ["kd", "+2.5 ± 2.1", "2", "1 of 2", "4.0"]
+    assert main(["report", "--results-dir", str(root), "--versus", "none"]) == 0
+    assert "against each method" not in capsys.readouterr().out
+    assert main(["report", "--results-dir", str(root), "--versus", "kd", "--write", str(tmp_path / "page.md")]) == 0
+    page = (tmp_path / "page.md").read_text()
+    assert "--versus kd --write <this file>" in page and "| hrkd " in page and "-2.5 ± 2.1" in page
+
+
+def test_no_comparison_where_the_versus_method_did_not_run(old_store):
+    assert all(t.comparisons == [] and t.versus is None
+               for t in build_tables(iter_results(old_store), None, ORDERS, versus="hrkd"))

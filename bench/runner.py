@@ -419,9 +419,10 @@ class Runner:
         def plan_teacher(kind: str, domains: list[str], objective: TeacherObjective | None) -> None:
             nonlocal total
             if kind == "single":
-                key = teacher_key(teacher_identity(g, domains[0], self.data(domains[0]), objective))
+                identity = teacher_identity(g, domains[0], self.data(domains[0]), objective)
             else:
-                key = teacher_key(joint_teacher_identity(g, kind, {d: self.data(d) for d in g.domains}, objective))
+                identity = joint_teacher_identity(g, kind, {d: self.data(d) for d in g.domains}, objective)
+            key = teacher_key(self.with_input_vocab(identity))
             if key in planned_teachers:
                 return
             planned_teachers.add(key)
@@ -484,11 +485,16 @@ class Runner:
             raise
         return {d: self._teachers[(kind, tag, d)] for d in domains}
 
+    def with_input_vocab(self, identity: dict[str, Any]) -> dict[str, Any]:
+        """A teacher of another vocabulary is trained on the student's tokenisation, mapped: its key says so."""
+        if not self.vocab_map:
+            return identity
+        return identity | {"input_vocab": {"student": self.grid.preset.student.ref, "specials": self.vocab_map.specials}}
+
     def _stored(self, identity: dict[str, Any], train) -> dict[str, StoredTeacher]:
         """The teacher `identity` names, from the store or trained by `train(model, checkpoint)`;
         a killed teacher training resumes with --resume from `<store>/.partial/<key>/`."""
-        if self.vocab_map:  # trained on the student's tokenisation, mapped
-            identity["input_vocab"] = {"student": self.grid.preset.student.ref, "specials": self.vocab_map.specials}
+        identity = self.with_input_vocab(identity)
         folder = self.store.root / ".partial" / teacher_key(identity)
         # One process trains a given teacher at a time: another grid that needs it waits, then reuses it.
         lock = FileLock(self.store.root / ".locks" / f"{teacher_key(identity)}.lock")

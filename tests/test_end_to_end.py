@@ -172,7 +172,7 @@ def test_train_ratio_keeps_the_first_rows_and_is_recorded(tmp_path, data_dir, ca
     assert exit_info.value.code == 2
 
 
-def test_kd_with_a_teacher_of_another_vocabulary(tmp_path, data_dir, packaged_cache, monkeypatch):
+def test_kd_with_a_teacher_of_another_vocabulary(tmp_path, data_dir, packaged_cache, monkeypatch, capsys):
     """A teacher with all-mpnet-base-v2's tokenizer (ids shifted, <s> </s> <pad>) and a BERT-vocab
     student: data is tokenised once by the student; the teacher is fine-tuned and queried on the
     mapped ids, and its key records that."""
@@ -198,6 +198,10 @@ def test_kd_with_a_teacher_of_another_vocabulary(tmp_path, data_dir, packaged_ca
     stored = json.loads((packaged_cache / "teachers" / record["teacher"]["key"] / "teacher.json").read_text())
     assert stored["identity"]["input_vocab"]["specials"]["cls"] == ["[CLS]", "<s>"]
     assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
+    capsys.readouterr()  # the plan names the mapped teacher's key, so it is reused, not trained again
+    assert main(["run", "--methods", "kd", "--suite", "mnli", "--preset", "smoke-mpnet", "--domains", "travel",
+                 "--results-dir", str(tmp_path / "r2"), "--data-dir", str(data_dir), "--dry-run"]) == 0
+    assert f"travel: teacher {record['teacher']['key']} reused from the store" in capsys.readouterr().out
 
 
 def test_method_options_make_their_own_runs_and_rows(tmp_path, data_dir, capsys):

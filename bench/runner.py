@@ -489,7 +489,8 @@ class Runner:
         """A teacher of another vocabulary is trained on the student's tokenisation, mapped: its key says so."""
         if not self.vocab_map:
             return identity
-        return identity | {"input_vocab": {"student": self.grid.preset.student.ref, "specials": self.vocab_map.specials}}
+        vocab = {"student": self.grid.preset.student.ref, "specials": self.vocab_map.specials}
+        return identity | {"input_vocab": vocab}
 
     def _stored(self, identity: dict[str, Any], train) -> dict[str, StoredTeacher]:
         """The teacher `identity` names, from the store or trained by `train(model, checkpoint)`;

@@ -422,11 +422,10 @@ class Runner:
                 identity = teacher_identity(g, domains[0], self.data(domains[0]), objective)
             else:
                 identity = joint_teacher_identity(g, kind, {d: self.data(d) for d in g.domains}, objective)
-            key = teacher_key(self.with_input_vocab(identity))
+            key, stored = self.stored_key(identity)
             if key in planned_teachers:
                 return
             planned_teachers.add(key)
-            stored = (self.store.path(key) / "teacher.json").is_file()
             examples = 0 if stored else p.teacher_train.epochs * self.epoch_examples(kind, domains)
             total += examples
             where = domains[0] if kind == "single" else ",".join(g.domains)
@@ -484,6 +483,21 @@ class Runner:
                     self._teacher_errors[(kind, tag, d)] = exc
             raise
         return {d: self._teachers[(kind, tag, d)] for d in domains}
+
+    def stored_key(self, identity: dict[str, Any]) -> tuple[str, bool]:
+        """The key of the teacher `identity` names and whether the store holds it, found without
+        loading a tokenizer: a teacher of another vocabulary is stored under its identity plus the
+        student's tokenisation (`with_input_vocab`), so it is found by the rest of its identity."""
+        key = teacher_key(identity)
+        if (self.store.path(key) / "teacher.json").is_file():
+            return key, True
+        plain = json.loads(json.dumps(identity))  # as stored: tuples read back as lists
+        for stored_key, info in self.store.entries():
+            stored = dict(info.get("identity") or {})
+            vocab = stored.pop("input_vocab", None)
+            if vocab and vocab.get("student") == self.grid.preset.student.ref and stored == plain:
+                return stored_key, True
+        return key, False
 
     def with_input_vocab(self, identity: dict[str, Any]) -> dict[str, Any]:
         """A teacher of another vocabulary is trained on the student's tokenisation, mapped: its key says so."""

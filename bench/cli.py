@@ -406,6 +406,10 @@ def cmd_report(args) -> int:
     args.results_dirs = args.results_dirs or [DEFAULT_RESULTS_DIR]
     tables = build_tables(iter_results(*args.results_dirs), args.suite, orders, paper=paper, metric=args.metric,
                           versus=None if args.versus == "none" else args.versus)
+    if args.versus not in ("hrkd", "none") and not any(t.versus for t in tables):  # a typo, not silence
+        ran = sorted({r.method for t in tables for r in t.rows if r.ranked})
+        raise BenchError(f"--versus {args.versus}: no table holds runs of that method (they hold {', '.join(ran)})",
+                         "name a method the results hold, or --versus none")
     print(render_tables(tables, args.format), end="")
     plots = {}
     if args.plots:

@@ -435,6 +435,9 @@ def test_a_method_is_compared_with_each_other_seed_by_seed(tmp_path, capsys):
     assert main(["report", "--results-dir", str(root), "--versus", "kd", "--write", str(tmp_path / "page.md")]) == 0
     page = (tmp_path / "page.md").read_text()
     assert "--versus kd --write <this file>" in page and "| hrkd " in page and "-2.5 ± 2.1" in page
+    capsys.readouterr()
+    assert main(["report", "--results-dir", str(root), "--versus", "hrdk"]) == 2
+    assert "--versus hrdk: no table holds runs of that method (they hold finetune, hrkd, kd)" in capsys.readouterr().err
 
 
 def test_no_comparison_where_the_versus_method_did_not_run(old_store):

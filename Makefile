@@ -35,7 +35,8 @@ bench: $(STAMP)
 	BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods hrkd,kd,tinybert --suite mnli
 
 # The whole comparison (results/README.md): every method on both suites with seeds 1-3, the
-# few-shot MNLI runs, then the plots and the page. Hours on 2 cores; resumable: run it again to
+# few-shot MNLI runs, then every latency timed again in one sitting (each run timed itself under the
+# load of its moment), then the plots and the page. Hours on 2 cores; resumable: run it again to
 # go on where it stopped (finished runs are skipped, a killed one continues from its checkpoint).
 ALL_METHODS := finetune,finetune-mix,finetune-mtl,kd,pkd,tinybert,minilm,metakd,hrkd,hrkd-nohier,hrkd-nograph
 FEW_SHOT_METHODS := finetune,tinybert,metakd,hrkd
@@ -46,6 +47,7 @@ grid: $(STAMP)
 	for ratio in 0.1 0.01; do \
 	  BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods $(FEW_SHOT_METHODS) --suite mnli --seeds 1,2,3 \
 	    --train-ratio $$ratio --resume || exit 1; done
+	$(PY) -m bench retime --results-dir results/runs
 	$(PY) -m bench report --results-dir results/runs --plots results/plots --ratios results/plots > /dev/null
 	$(PY) -m bench report --results-dir results/runs --write results/README.md
 

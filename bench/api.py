@@ -316,6 +316,9 @@ class MetricSpec:
     description: str
     compute: Callable[[EvalContext], float | dict[str, float]]
     default: bool = True  # computed unless the user picks metrics
+    # Measures the machine's speed on the student's architecture, not its weights: `bench retime`
+    # computes it again, from `ctx.cache["latency"]` and `ctx.teacher_latency` of one sitting.
+    timed: bool = False
 
 
 @dataclass(frozen=True)

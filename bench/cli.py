@@ -1,4 +1,4 @@
-"""`python -m bench`: run, ls, data, teacher, report."""
+"""`python -m bench`: run, ls, data, teacher, cache, profile, retime, report."""
 
 from __future__ import annotations
 
@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --teacher-cache: rate the steps over this many passes, the filling one included "
                            "(default: the preset's student epochs)")
     prof.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+
+    retime = sub.add_parser("retime", help="time the stored results' students and teachers again, in one sitting")
+    retime.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, metavar="DIR")
+    retime.add_argument("--suite", default=None, help="only this suite's results")
 
     report = sub.add_parser("report", help="tables and plots from the result store")
     report.add_argument("--results-dir", dest="results_dirs", action="append", default=None, metavar="DIR",
@@ -391,6 +395,15 @@ def _report_command(args) -> str:
     return " ".join(map(shlex.quote, words)) + " --write <this file>"
 
 
+def cmd_retime(args) -> int:
+    from bench.plugins import get_registry
+    from bench.retime import retime_results
+
+    written = retime_results(args.results_dir, get_registry(), args.suite)
+    log.info("%d result file(s) retimed under %s", len(written), args.results_dir)
+    return 0
+
+
 def cmd_report(args) -> int:
     """Tables on stdout in --format; the files written (plots, page) named on stderr, so that
     stdout stays one clean table or CSV."""
@@ -447,7 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no bar per weight file loaded
     try:
         commands = {"run": cmd_run, "ls": cmd_ls, "data": cmd_data, "teacher": cmd_teacher,
-                    "report": cmd_report, "profile": cmd_profile, "cache": cmd_cache}
+                    "report": cmd_report, "profile": cmd_profile, "cache": cmd_cache,
+                    "retime": cmd_retime}
         return commands[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -105,8 +105,10 @@ def _notes(table: Table, marked: bool) -> list[str]:
         notes.append(f"Bold: the best measured student in each column (highest {METRICS[table.metric]} and "
                      f"speed-up, fewest params, lowest latency); {others} not ranked.")
     if table.timing:
+        when = (f"all timed in one sitting (`bench retime`, {table.retimed})" if table.retimed
+                else "both timed in the same run")
         notes.append(f"Latency: median batch-1 forward time in ms ({table.timing}); speed-up: the teacher's "
-                     "median over the student's at batch 1, both timed in the same run.")
+                     f"median over the student's at batch 1, {when}.")
     if reported:
         notes.append(REPORTED_NOTE)
     return notes

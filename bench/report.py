@@ -116,6 +116,7 @@ class Table:
     domains: list[str]
     rows: list[Row]
     timing: str | None = None  # the conditions latency was measured under, for the note
+    retimed: str | None = None  # the day of the one `bench retime` sitting every latency here comes from
     versus: str | None = None  # the method compared with every other (`report --versus`), if it ran here
     comparisons: list[Versus] = field(default_factory=list)  # its own first, then the others in row order
 
@@ -172,7 +173,7 @@ def build_tables(records: Iterable[dict[str, Any]], suite: str | None, domain_or
         reported = [replace(r, scores=dict(r.scores)) for r in paper or []]
         rows = _measured_rows(sub, domains, metric, method_order) + reported
         timing = _timing(sub, f"{suite_name}/{preset}")
-        table = Table(suite_name, float(ratio), preset, metric, domains, rows, timing)
+        table = Table(suite_name, float(ratio), preset, metric, domains, rows, timing, _retimed(sub))
         if versus in set(sub["method.name"]):
             table.versus = versus
             table.comparisons = _comparisons(sub, versus, [r.method for r in rows if r.ranked], domains, metric)
@@ -302,6 +303,15 @@ def _timing(df: pd.DataFrame, table: str) -> str | None:
                     table, described)
         return f"mixed: {described}"
     return described
+
+
+def _retimed(df: pd.DataFrame) -> str | None:
+    """The day of the `bench retime` sitting that timed every run here, if one did (else each run
+    timed itself, under the load of its own moment)."""
+    if "retimed.created" not in df or df["retimed.created"].isna().any():
+        return None
+    sittings = set(df["retimed.created"])
+    return sittings.pop()[:10] if len(sittings) == 1 else None
 
 
 def _warn_unused_paper_columns(paper: Sequence[Row], tables: Sequence[Table]) -> None:

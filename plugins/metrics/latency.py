@@ -42,7 +42,9 @@ def compression(ctx) -> float | None:
 @hookimpl
 def bench_register_metrics(register):
     register(MetricSpec("latency", "student forward latency: median and IQR (ms), batch 1 and 32",
-                        student_latency))
-    register(MetricSpec("throughput", "student examples per second at the largest timed batch", throughput))
-    register(MetricSpec("speedup", "teacher latency / student latency, timed in the same process", speedup))
+                        student_latency, timed=True))
+    register(MetricSpec("throughput", "student examples per second at the largest timed batch", throughput,
+                        timed=True))
+    register(MetricSpec("speedup", "teacher latency / student latency, timed in the same process", speedup,
+                        timed=True))
     register(MetricSpec("compression", "teacher parameters / student parameters", compression))

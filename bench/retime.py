@@ -1,0 +1,105 @@
+"""Time the students and teachers of stored results again, all in one sitting.
+
+Each run times its student and the preset's teacher in its own process, under whatever load the
+machine had then, so the runs of a grid spread over days carry different timings of one and the
+same architecture. A timing depends on the architecture only (metrics marked `timed`), so one
+measurement per architecture, taken in one quiet process, serves every result that has it:
+`retime_results` takes it and writes it into each result, with a note of when and where.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.api import EvalContext
+from bench.errors import BenchError
+from bench.measure import LatencyConfig, measure_latency
+from bench.models import ModelSpec, build_classifier
+from bench.results import git_state, machine_info, now_utc, read_result, write_result
+
+log = logging.getLogger(__name__)
+
+
+def result_paths(root: str | Path) -> Iterator[Path]:
+    """The result files under `root` (hidden folders such as .failed and .checkpoints hold none)."""
+    base = Path(root)
+    if not base.is_dir():
+        raise BenchError(f"no results dir {base}", "run `python -m bench run ...` first, or pass --results-dir")
+    for path in sorted(base.rglob("*.json")):
+        if not any(part.startswith(".") for part in path.relative_to(base).parts):
+            yield path
+
+
+def recorded_latency_config(latency: dict[str, Any]) -> LatencyConfig:
+    """The LatencyConfig a result's `metrics.latency` was measured with, so the new timing is of
+    the same thing (and not of the preset as it reads today)."""
+    sizes = sorted(int(k.removeprefix("batch_")) for k in latency if k.startswith("batch_"))
+    return LatencyConfig(batch_sizes=tuple(sizes), seq_len=latency["seq_len"], warmup=latency["warmup"],
+                         repeats=latency["repeats"], cpu_threads=latency["threads"])
+
+
+def _student(record: dict[str, Any]) -> tuple[ModelSpec, int]:
+    """The student's spec and head count (a multi student has one head per domain trained on)."""
+    s = record["student"]
+    heads = len(record["suite"]["trained_on"]) if record["method"].get("student_kind") == "multi" else 1
+    return ModelSpec(s["ref"], s["init"], tuple(s["layers"]) if s["layers"] else None), heads
+
+
+def _teacher(record: dict[str, Any]) -> ModelSpec:
+    """The teacher the run timed: its own where it had one, else its preset's (timed for speed-ups)."""
+    if record.get("teacher"):
+        return ModelSpec(record["teacher"]["ref"])
+    from bench.presets import get_preset
+
+    return get_preset(record["preset"]).teacher
+
+
+def retime_results(root: str | Path, registry, suite: str | None = None) -> list[Path]:
+    """Re-time every result under `root` (of `suite`, if given) that has a latency, and rewrite it;
+    the paths rewritten. Its timed metrics (latency, throughput, speed-up) are computed again from
+    one measurement per (model, heads, labels, latency config, device). Every result is read and
+    checked before the first is rewritten, so a bad one stops the sitting with nothing changed."""
+    timed = {name: spec for name, spec in registry.metrics.items() if spec.timed}
+    todo = []
+    for path in result_paths(root):
+        record = read_result(path)
+        latency = record.get("metrics", {}).get("latency")
+        if (suite and record["suite"]["name"] != suite) or not latency:
+            continue
+        if latency["device"] != "cpu" and not torch.cuda.is_available():
+            raise BenchError(f"{path} was timed on {latency['device']}, which this machine lacks",
+                             "retime it on a machine like the one that ran it (or leave it as it was timed)")
+        labels = len(registry.suite(record["suite"]["name"]).labels)
+        todo.append((path, record, recorded_latency_config(latency), labels))
+
+    stamp = {"created": now_utc(), "git": git_state(), "machine": machine_info(registry.pm)}
+    measured: dict[tuple, tuple[torch.nn.Module, dict[str, Any]]] = {}  # (spec, heads, ...) -> model, latency
+
+    def timing(spec: ModelSpec, heads: int, labels: int, config: LatencyConfig, device: str):
+        key = (spec, heads, labels, config, device)
+        if key not in measured:  # a timing does not depend on the weights: the architecture's are built
+            model = build_classifier(spec, labels, heads).to(device)
+            measured[key] = model, measure_latency(model, config)
+            log.info("%s, %d head(s): batch-%d latency %.2f ms", spec.describe(), heads, config.batch_sizes[0],
+                     measured[key][1][f"batch_{config.batch_sizes[0]}"]["median_ms"])
+        return measured[key]
+
+    for path, record, config, labels in todo:
+        device = record["metrics"]["latency"]["device"]
+        _, teacher_latency = timing(_teacher(record), 1, labels, config, device)
+        model, student_latency = timing(*_student(record), labels, config, device)
+        ctx = EvalContext(registry.suite(record["suite"]["name"]), record["suite"]["domain"], [], [], model,
+                          latency=config, teacher_latency=teacher_latency, cache={"latency": student_latency})
+        for name, spec in timed.items():
+            if name in record["metrics"]:
+                record["metrics"][name] = spec.compute(ctx)
+        if record.get("teacher"):
+            record["teacher"]["latency"] = teacher_latency
+        record["retimed"] = stamp
+        write_result(path, record)
+    return [path for path, *_ in todo]

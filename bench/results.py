@@ -27,6 +27,8 @@ Schema (version 1). Keys every tool may rely on, as dotted paths: `seed`, `prese
   per registered metric; a field may be missing from records written before it existed
 - timings {teacher_seconds (spent by this run: 0 when the teacher was reused), train_seconds, eval_seconds,
   peak_rss_mib (the process's peak resident memory during the run; on Linux the run's own)}
+- retimed {created, git, machine}: present when `bench retime` wrote the timed metrics (latency,
+  throughput, speedup) and teacher.latency again, all in that one sitting
 
 Reports are built from the store only; `upgrade()` keeps files of older schema versions loading.
 """

@@ -282,6 +282,12 @@ class CachedTeacher:
         for field, layer in sorted(self.read_slots, key=str):  # what earlier batches' losses read
             if layer is not None and _needed(field, needs):
                 getattr(outputs, field)[layer]
+        if any(layer is not None for _, layer in self.read_slots):
+            # A forward run on a miss holds every layer's attention and hidden states. What the loss
+            # reads is taken from it above; the rest (HRKD: 3 of 6 layers' scores) would otherwise
+            # live through the student's forward and loss, at a step's memory peak. A slot read for
+            # the first time later runs the forward again.
+            live.clear()
         return outputs
 
     def _assemble(self, field, stored, groups, lengths, batch) -> torch.Tensor:

@@ -446,3 +446,31 @@ def test_cache_ls_and_clear(cli_runs, monkeypatch, capsys, rows, teacher):
     assert list_caches() == [] and not list((store / "teacher-outputs").iterdir())
     assert main(["cache", "ls"]) == 0
     assert "no teacher outputs cached in" in capsys.readouterr().out
+
+
+def test_a_forward_on_a_miss_keeps_only_the_layers_losses_read(rows, teacher, tmp_path):
+    """Once a loss has read some layers, a batch that misses the cache keeps those from the forward
+    and drops the rest; a layer read for the first time after that runs the forward again."""
+    import gc
+    import weakref
+
+    counting = Counting(teacher)
+    cached = CachedTeacher(counting, {0: TeacherOutputCache(identity(rows), root=tmp_path)}, LAYERS)
+    first = cached(batch_of(rows, "books", [0, 1]), NEEDS)
+    first.attention_scores[1], first.hidden_states[2]  # what this method's loss reads
+    cached.flush()
+
+    forwards = []
+    counting.model = lambda batch, needs: forwards.append(teacher(batch, needs)) or forwards[-1]
+    batch = batch_of(rows, "books", [2, 3])
+    out = cached(batch, NEEDS)  # a miss: rows 2, 3 are new
+    assert counting.calls == 2
+    unread = weakref.ref(forwards[0].attention_scores[0])
+    kept = out.attention_scores[1]
+    want = live(teacher, batch)
+    forwards.clear()
+    gc.collect()
+    assert unread() is None  # the layers no loss read are gone
+    assert torch.equal(kept, want.attention_scores[1]) and torch.equal(out.hidden_states[2], want.hidden_states[2])
+    assert torch.equal(out.attention_scores[3], want.attention_scores[3])  # first read: the forward again
+    assert counting.calls == 3

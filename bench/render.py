@@ -105,8 +105,9 @@ def _notes(table: Table, marked: bool) -> list[str]:
         notes.append(f"Bold: the best measured student in each column (highest {METRICS[table.metric]} and "
                      f"speed-up, fewest params, lowest latency); {others} not ranked.")
     if table.timing:
-        when = (f"all timed in one sitting (`bench retime`, {table.retimed})" if table.retimed
-                else "both timed in the same run")
+        when = {None: "both timed in the same run",
+                "mixed": "timed in several sittings (`bench retime` times them all in one)"}.get(
+            table.retimed, f"all timed in one sitting (`bench retime`, {table.retimed})")
         notes.append(f"Latency: median batch-1 forward time in ms ({table.timing}); speed-up: the teacher's "
                      f"median over the student's at batch 1, {when}.")
     if reported:

@@ -116,7 +116,7 @@ class Table:
     domains: list[str]
     rows: list[Row]
     timing: str | None = None  # the conditions latency was measured under, for the note
-    retimed: str | None = None  # the day of the one `bench retime` sitting every latency here comes from
+    retimed: str | None = None  # the day of the `bench retime` sitting every latency comes from, or "mixed"
     versus: str | None = None  # the method compared with every other (`report --versus`), if it ran here
     comparisons: list[Versus] = field(default_factory=list)  # its own first, then the others in row order
 
@@ -306,12 +306,12 @@ def _timing(df: pd.DataFrame, table: str) -> str | None:
 
 
 def _retimed(df: pd.DataFrame) -> str | None:
-    """The day of the `bench retime` sitting that timed every run here, if one did (else each run
-    timed itself, under the load of its own moment)."""
-    if "retimed.created" not in df or df["retimed.created"].isna().any():
+    """The day of the one `bench retime` sitting that timed every run here; "mixed" when runs were
+    timed in more than one sitting; None when each run timed itself (under its moment's load)."""
+    if "retimed.created" not in df or df["retimed.created"].isna().all():
         return None
-    sittings = set(df["retimed.created"])
-    return sittings.pop()[:10] if len(sittings) == 1 else None
+    sittings = set(df["retimed.created"].fillna("own run"))
+    return sittings.pop()[:10] if len(sittings) == 1 else "mixed"
 
 
 def _warn_unused_paper_columns(paper: Sequence[Row], tables: Sequence[Table]) -> None:

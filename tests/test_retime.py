@@ -90,6 +90,13 @@ def test_the_report_says_when_all_latencies_come_from_one_sitting(results, capsy
     assert main(["report", "--results-dir", str(results), "--versus", "none"]) == 0
     assert f"all timed in one sitting (`bench retime`, {day})" in capsys.readouterr().out
 
+    one = next(results.rglob("*.json"))  # a run timed again in a sitting of its own
+    record = json.loads(one.read_text())
+    record["retimed"]["created"] = "2027-01-01T00:00:00+00:00"
+    one.write_text(json.dumps(record))
+    assert main(["report", "--results-dir", str(results), "--versus", "none"]) == 0
+    assert "timed in several sittings (`bench retime` times them all in one)" in capsys.readouterr().out
+
 
 def test_a_result_timed_on_a_device_this_machine_lacks_stops_the_sitting_with_nothing_rewritten(
         smoke_results, tmp_path, monkeypatch):

@@ -169,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write a heatmap of the per-layer domain ratios (HRKD's) over training steps, "
                              "one PNG per training that traced them")
     report.add_argument("--versus", default="hrkd", metavar="METHOD",
-                        help="compare this method with every other, seed by seed, under each markdown table "
-                             "where it ran (default hrkd; none: no comparison)")
+                        help="compare this method with every other, seed by seed, under each table where it ran "
+                             "(md, latex, html; default hrkd; none: no comparison)")
     report.add_argument("--write", default=None, metavar="FILE",
                         help="also write the markdown tables as a page, linking its plots (--plots, else those an "
                         "earlier --plots drew in plots/ beside the results dir)")

@@ -28,7 +28,7 @@ class Markup:
 _LATEX = str.maketrans({
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "±": r"$\pm$", "×": r"$\times$", "†": r"\textsuperscript{\dag}",
+    "±": r"$\pm$", "×": r"$\times$", "†": r"\textsuperscript{\dag}", "−": r"$-$",
 })
 
 MARKUP = {
@@ -131,19 +131,19 @@ def _render_md(table: Table) -> str:
     return "\n\n".join([f"### {table.title}", text, *notes, *_versus_md(table)]) + "\n"
 
 
-def _versus_md(table: Table) -> list[str]:
-    """The table's `versus` method against each other student: title, table, note (none without)."""
-    from tabulate import tabulate
-
+def _versus_grid(table: Table, markup: Markup) -> tuple[str, list[str], list[list[str]], str] | None:
+    """The table's `versus` method against each other student: title, headers, body cells and
+    note, with `markup`'s escaping; None where that method did not run."""
     if not table.comparisons:
-        return []
-    ours, escape = table.versus, MARKUP["md"].escape
+        return None
+    ours, escape = table.versus, markup.escape
     body = []
     for c in table.comparisons:
         delta = "-" if c.delta is None else f"{c.delta.mean:+.1f}"
         if c.delta is not None and c.delta.std is not None:
             delta += f" ± {c.delta.std:.1f}"
-        body.append([escape(c.method), delta, str(c.seeds), "-" if c.method == ours else f"{c.leads} of {c.domains}",
+        body.append([escape(c.method), escape(delta), str(c.seeds),
+                     "-" if c.method == ours else f"{c.leads} of {c.domains}",
                      "-" if c.train_minutes is None else f"{c.train_minutes:.1f}"])
     headers = ["method", f"{ours} − method, avg (points)", "paired seeds", f"domains {ours} leads",
                "student training (min per seed)"]
@@ -152,9 +152,16 @@ def _versus_md(table: Table) -> list[str]:
             f"for one seed). Domains {ours} leads: on each method's mean over its seeds. Student training: the "
             "runs' wall time per seed as recorded, teachers not counted; runs that shared the machine with other "
             "work took longer.")
-    return [f"### {table.name}: {escape(ours)} against each method",
-            tabulate(body, headers=[escape(h) for h in headers], tablefmt="github", disable_numparse=True),
-            escape(note)]
+    return escape(f"{table.name}: {ours} against each method"), [escape(h) for h in headers], body, escape(note)
+
+
+def _versus_md(table: Table) -> list[str]:
+    from tabulate import tabulate
+
+    if (grid := _versus_grid(table, MARKUP["md"])) is None:
+        return []
+    title, headers, body, note = grid
+    return [f"### {title}", tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), note]
 
 
 def _render_latex(table: Table) -> str:
@@ -173,6 +180,12 @@ def _render_latex(table: Table) -> str:
     if notes:
         lines += [r"\par\smallskip", r"{\footnotesize " + (r"\par" + "\n").join(notes) + r"\par}"]
     lines.append(r"\end{table}")
+    if (grid := _versus_grid(table, MARKUP["latex"])) is not None:
+        title, headers, body, note = grid
+        lines += [r"\begin{table}[t]", r"\centering", rf"\caption{{{title}}}", rf"\label{{tab:{table.slug}-versus}}",
+                  r"\begin{tabular}{lrrrr}", r"\toprule", " & ".join(headers) + r" \\", r"\midrule",
+                  *(" & ".join(cells) + r" \\" for cells in body), r"\bottomrule", r"\end{tabular}",
+                  r"\par\smallskip", r"{\footnotesize " + note + r"\par}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
@@ -182,6 +195,12 @@ def _render_html(table: Table) -> str:
              "<tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr>", "</thead>", "<tbody>"]
     lines += ["<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for cells in body]
     lines += ["</tbody>", "</table>", *(f"<p>{n}</p>" for n in notes)]
+    if (grid := _versus_grid(table, MARKUP["html"])) is not None:
+        title, headers, body, note = grid
+        lines += [f"<h3>{title}</h3>", "<table>", "<thead>",
+                  "<tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr>", "</thead>", "<tbody>",
+                  *("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for cells in body),
+                  "</tbody>", "</table>", f"<p>{note}</p>"]
     return "\n".join(lines) + "\n"
 
 

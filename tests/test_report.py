@@ -440,6 +440,21 @@ def test_a_method_is_compared_with_each_other_seed_by_seed(tmp_path, capsys):
     assert "--versus hrdk: no table holds runs of that method (they hold finetune, hrkd, kd)" in capsys.readouterr().err
 
 
+    assert main(["report", "--results-dir", str(root), "--format", "latex"]) == 0
+    latex = capsys.readouterr().out
+    assert r"\caption{amazon (smoke preset): hrkd against each method}" in latex
+    assert r"\label{tab:amazon-smoke-versus}" in latex
+    assert r"hrkd $-$ method, avg (points)" in latex  # no bare U+2212, which pdflatex refuses
+    assert r"kd & +2.5 $\pm$ 2.1 & 2 & 1 of 2 & 4.0 \\" in latex
+    assert latex.count(r"\begin{table}") == latex.count(r"\end{table}") == 2 and "−" not in latex
+    assert main(["report", "--results-dir", str(root), "--format", "html"]) == 0
+    page = capsys.readouterr().out
+    assert "<h3>amazon (smoke preset): hrkd against each method</h3>" in page
+    assert "<tr><td>kd</td><td>+2.5 ± 2.1</td><td>2</td><td>1 of 2</td><td>4.0</td></tr>" in page
+    assert main(["report", "--results-dir", str(root), "--format", "latex", "--versus", "none"]) == 0
+    assert "against each method" not in capsys.readouterr().out
+
+
 def test_no_comparison_where_the_versus_method_did_not_run(old_store):
     assert all(t.comparisons == [] and t.versus is None
                for t in build_tables(iter_results(old_store), None, ORDERS, versus="hrkd"))

@@ -238,6 +238,7 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
             runner.accelerator, extra_modules=extra, desc=f"profile {method.name} (cached)", select_best=False,
             timer=timer)
         cached_wall, cached_phases = timer.ended - timer.started, dict(timer.seconds)
+    compute_loss.flush_outputs()
     if scratch is not None:
         scratch.cleanup()
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"

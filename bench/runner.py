@@ -743,7 +743,8 @@ class Runner:
                         timer=untimed):
         """compute_loss(batch, stage) for the student's kind: each (sub-)batch through the student
         and, without gradients, through its domain's teacher. `timer(phase)` times the teacher
-        forward, the student forward and the method's loss (`bench profile`)."""
+        forward, the student forward and the method's loss (`bench profile`). Its `flush_outputs()`
+        writes the teacher outputs its last batch read for the first time (call it after training)."""
         needs = distiller.needs
         views = ({d: with_precision(self.teacher_view(t.model), self.grid.teacher_precision)
                   for d, t in teachers.items()} if teachers else None)
@@ -752,7 +753,15 @@ class Runner:
                      for d, view in views.items()}
         cached = [v for v in views.values() if isinstance(v, CachedTeacher)] if views else []
 
+        def flush_outputs():
+            for view in cached:
+                view.flush()
+
         def compute_loss(batch, stage):
+            # The previous batch's new teacher outputs are written now, its graph gone: written at the
+            # end of its own step, their copies (one per chunk, one for the file) would add to the
+            # memory peak that the student's graph makes before the backward.
+            flush_outputs()
             joint = isinstance(batch, dict)
             teacher_out = None
             if views:
@@ -764,9 +773,9 @@ class Runner:
             with timer("loss"):
                 parts = (distiller.multi_domain_loss(batch, student_out, teacher_out, stage) if joint
                          else distiller.loss(batch, student_out, teacher_out, stage))
-            for view in cached:  # what this batch's loss read for the first time, kept
-                view.flush()
             return parts
+
+        compute_loss.flush_outputs = flush_outputs
 
         return compute_loss
 
@@ -813,6 +822,7 @@ class Runner:
 
         stages = [self.resumable_stage(stage, checkpoint, student, extra, train_stage)
                   for stage, checkpoint in self.stage_checkpoints(key, distiller)]
+        compute_loss.flush_outputs()
         train_seconds = time.perf_counter() - start
         if not self.main:  # the main process writes the result (and times the student alone)
             return {}
@@ -849,6 +859,7 @@ class Runner:
 
         stages = [self.resumable_stage(stage, checkpoint, student, extra, train_stage)
                   for stage, checkpoint in self.stage_checkpoints(self.joint_job(method, seed).key, distiller)]
+        compute_loss.flush_outputs()
         train_seconds = time.perf_counter() - start
         records = {}
         for domain in g.domains if self.main else ():

@@ -474,3 +474,33 @@ def test_a_forward_on_a_miss_keeps_only_the_layers_losses_read(rows, teacher, tm
     assert torch.equal(kept, want.attention_scores[1]) and torch.equal(out.hidden_states[2], want.hidden_states[2])
     assert torch.equal(out.attention_scores[3], want.attention_scores[3])  # first read: the forward again
     assert counting.calls == 3
+
+
+def test_a_batchs_new_outputs_are_written_at_the_next_step_and_the_last_after_training(data_dir, teacher, tmp_path):
+    """Written at the end of their own step, the chunk's copies would coincide with the student's
+    graph; the runner writes them when the next batch comes, and the last batch's when asked."""
+    from bench.data import make_loader
+    from bench.runner import Grid, Runner
+    from bench.teachers import StoredTeacher
+
+    registry = get_registry()
+    kd = registry.distiller("kd")
+    grid = Grid(suite=registry.suite("amazon"), preset=get_preset("smoke"), methods=[kd], domains=["books"],
+                seeds=[1], data=DataConfig(str(data_dir)), results_dir=str(tmp_path / "results"))
+    runner = Runner(grid, registry)
+    runner.outputs_root = tmp_path / "outputs"
+    tok = runner.student_tokenizer
+    b1, b2 = list(make_loader(runner.data("books").tokenized("train", tok), 8, tok.pad_token_id, shuffle=False))[:2]
+    student = build_classifier(ModelSpec("random:tiny"), 2)
+    compute_loss = runner.student_forward(grid.distiller(kd), student,
+                                          {"books": StoredTeacher("t0", teacher, {}, False, None)})
+
+    def chunks():
+        return len(list(runner.outputs_root.rglob("*.safetensors")))
+
+    compute_loss(b1, "main")
+    assert chunks() == 0
+    compute_loss(b2, "main")
+    assert chunks() == 1
+    compute_loss.flush_outputs()
+    assert chunks() == 2

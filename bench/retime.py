@@ -47,7 +47,8 @@ def _student(record: dict[str, Any]) -> tuple[ModelSpec, int]:
     """The student's spec and head count (a multi student has one head per domain trained on)."""
     s = record["student"]
     heads = len(record["suite"]["trained_on"]) if record["method"].get("student_kind") == "multi" else 1
-    return ModelSpec(s["ref"], s["init"], tuple(s["layers"]) if s["layers"] else None), heads
+    layers = s.get("layers")
+    return ModelSpec(s["ref"], s.get("init", "pretrained"), tuple(layers) if layers else None), heads
 
 
 def _teacher(record: dict[str, Any]) -> ModelSpec:

@@ -191,17 +191,18 @@ def _render_latex(table: Table) -> str:
 
 def _render_html(table: Table) -> str:
     headers, body, notes = _grid(table, MARKUP["html"])
-    lines = [f"<h3>{MARKUP['html'].escape(table.title)}</h3>", "<table>", "<thead>",
-             "<tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr>", "</thead>", "<tbody>"]
-    lines += ["<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for cells in body]
-    lines += ["</tbody>", "</table>", *(f"<p>{n}</p>" for n in notes)]
+    lines = _html_table(MARKUP["html"].escape(table.title), headers, body, notes)
     if (grid := _versus_grid(table, MARKUP["html"])) is not None:
         title, headers, body, note = grid
-        lines += [f"<h3>{title}</h3>", "<table>", "<thead>",
-                  "<tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr>", "</thead>", "<tbody>",
-                  *("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for cells in body),
-                  "</tbody>", "</table>", f"<p>{note}</p>"]
+        lines += _html_table(title, headers, body, [note])
     return "\n".join(lines) + "\n"
+
+
+def _html_table(title: str, headers: list[str], body: list[list[str]], notes: list[str]) -> list[str]:
+    """A heading, a table and its notes, all already escaped."""
+    return [f"<h3>{title}</h3>", "<table>", "<thead>", "<tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr>",
+            "</thead>", "<tbody>", *("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for cells in body),
+            "</tbody>", "</table>", *(f"<p>{n}</p>" for n in notes)]
 
 
 def csv_frame(tables: Sequence[Table]) -> pd.DataFrame:

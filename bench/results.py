@@ -106,17 +106,22 @@ def read_result(path: Path) -> dict[str, Any]:
     return upgrade(record)
 
 
+def result_paths(root: str | os.PathLike) -> Iterator[Path]:
+    """The result files under `root`, sorted; hidden folders (.failed, .checkpoints) hold none."""
+    base = Path(root)
+    if not base.is_dir():
+        raise BenchError(f"no results dir {base}", "run `python -m bench run ...` first, or pass --results-dir")
+    for path in sorted(base.rglob("*.json")):
+        if not any(part.startswith(".") for part in path.relative_to(base).parts):
+            yield path
+
+
 def iter_results(*roots: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Every result under `roots` (the stores of a sharded grid merge: a run found in two of them
-    is taken from the first, with a warning). Hidden folders (.failed, .checkpoints) are not results."""
+    is taken from the first, with a warning)."""
     seen: dict[tuple, Path] = {}
     for root in roots:
-        base = Path(root)
-        if not base.is_dir():
-            raise BenchError(f"no results dir {base}", "run `python -m bench run ...` first, or pass --results-dir")
-        for path in sorted(base.rglob("*.json")):
-            if any(part.startswith(".") for part in path.relative_to(base).parts):
-                continue
+        for path in result_paths(root):
             record = read_result(path)
             if len(roots) > 1:
                 key = (record["suite"]["name"], record["suite"].get("train_ratio"), record["preset"],

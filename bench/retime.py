@@ -10,7 +10,6 @@ measurement per architecture, taken in one quiet process, serves every result th
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,9 @@ from bench.api import EvalContext
 from bench.errors import BenchError
 from bench.measure import LatencyConfig, measure_latency
 from bench.models import ModelSpec, build_classifier
-from bench.results import git_state, machine_info, now_utc, read_result, write_result
+from bench.results import git_state, machine_info, now_utc, read_result, result_paths, write_result
 
 log = logging.getLogger(__name__)
-
-
-def result_paths(root: str | Path) -> Iterator[Path]:
-    """The result files under `root` (hidden folders such as .failed and .checkpoints hold none)."""
-    base = Path(root)
-    if not base.is_dir():
-        raise BenchError(f"no results dir {base}", "run `python -m bench run ...` first, or pass --results-dir")
-    for path in sorted(base.rglob("*.json")):
-        if not any(part.startswith(".") for part in path.relative_to(base).parts):
-            yield path
 
 
 def recorded_latency_config(latency: dict[str, Any]) -> LatencyConfig:

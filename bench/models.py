@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from bench import packaged
 from bench.api import OUTPUTS, Batch, LazyLayers, ModelOutputs, ModelSource
@@ -217,11 +218,32 @@ def _capturing_attention(module, query, key, value, attention_mask, scaling=None
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask
+    p = dropout if module.training else 0.0
+    if torch.is_grad_enabled() and (scores.requires_grad or value.requires_grad):
+        # A trained model's probabilities, dropout noise and dropped probabilities (each the size of
+        # the scores) would stay saved for backward until it runs. Saved instead: the dropout mask
+        # (a byte an entry), drawn here as dropout draws it; backward recomputes the rest from the
+        # recorded scores, the same values to the bit, for a softmax and one batched product per
+        # layer. Probabilities a loss reads are recomputed from the scores (Classifier.forward).
+        if _captured.get() is not None:
+            _record(scores, None, value)
+        keep = torch.empty_like(scores).bernoulli_(1 - p).bool() if p > 0 else None
+        out = checkpoint(_attend, scores, value, keep, p, use_reentrant=False, preserve_rng_state=False)
+        return out.transpose(1, 2).contiguous(), None
     probs = torch.softmax(scores, dim=-1)
     if _captured.get() is not None:
         _record(scores, probs, value)
-    out = torch.matmul(nn.functional.dropout(probs, p=dropout, training=module.training), value)
+    out = torch.matmul(nn.functional.dropout(probs, p=p, training=p > 0), value)
     return out.transpose(1, 2).contiguous(), probs
+
+
+def _attend(scores, value, keep, p: float):
+    """softmax, dropout with the mask `keep` (as torch's dropout scales the rows it keeps), then the
+    product with the values."""
+    probs = torch.softmax(scores, dim=-1)
+    if keep is not None:
+        probs = probs * keep.to(probs.dtype).div_(1 - p)
+    return torch.matmul(probs, value)
 
 
 def _record(scores, probs, value) -> None:

@@ -135,13 +135,76 @@ def test_a_frozen_forward_keeps_no_probabilities_or_values_it_was_not_asked_for(
         frozen = model(batch, frozenset({"logits", "attentions"}))
         frozen_values = model(batch, frozenset({"logits", "attentions", "values"}))
     assert frozen.values is None
-    assert isinstance(frozen.attention_probs, LazyLayers) and not isinstance(with_grad.attention_probs, LazyLayers)
+    assert isinstance(frozen.attention_probs, LazyLayers)
     for layer in range(4):
         assert torch.equal(frozen.attention_scores[layer], with_grad.attention_scores[layer].detach())
         assert torch.equal(frozen.attention_probs[layer], with_grad.attention_probs[layer].detach())
         assert torch.equal(frozen_values.values[layer], with_grad.values[layer].detach())
     assert frozen.attention_probs[-1] is frozen.attention_probs[3]  # computed once
     assert len(frozen.attention_probs[1:3]) == 2
+
+
+def _eager_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention as transformers' eager code computes it (softmax, torch's dropout, product), every
+    intermediate saved for backward by autograd, recording what the capture records."""
+    from bench import models
+
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling + attention_mask
+    probs = torch.softmax(scores, dim=-1)
+    models._record(scores, probs, value)
+    out = torch.matmul(torch.nn.functional.dropout(probs, p=dropout, training=module.training), value)
+    return out.transpose(1, 2).contiguous(), probs
+
+
+def test_a_trained_forward_saves_the_dropout_mask_not_the_probabilities_with_the_same_gradients():
+    """In training, backward recomputes each layer's probabilities and dropout from the scores and
+    a saved mask: loss, gradients and the RNG stream are those of plain eager attention to the bit
+    (gradients through probabilities a loss reads, recomputed by a softmax of their own, to
+    rounding), and what autograd saves shrinks by at least two score-sized tensors a layer."""
+    from transformers import AttentionInterface
+
+    from bench import models
+
+    model = build_classifier(ModelSpec("random:tiny"), 2).train()
+    ids = torch.tensor([[101, 2000, 2001, 2002, 2003, 102], [101, 2003, 102, 0, 0, 0]] * 4)
+    batch = Batch(ids, (ids != 0).long(), torch.zeros_like(ids), torch.zeros(8, dtype=torch.long),
+                  torch.zeros(8, dtype=torch.long))
+    model(batch, frozenset({"attentions"}))  # registers the capture
+
+    def step(attention, read_probs=False):
+        AttentionInterface.register(models.ATTENTION_CAPTURE, attention)
+        saved = {}  # storage -> bytes of every tensor autograd saves
+
+        def pack(t):
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        torch.manual_seed(3)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(batch, frozenset({"logits", "attentions", "hidden"}))
+        outputs = {t.untyped_storage().data_ptr() for t in (*out.attention_scores, *out.hidden_states)}
+        held = sum(n for ptr, n in saved.items() if ptr not in outputs)  # beyond what the outputs hold
+        loss = (torch.nn.functional.cross_entropy(out.logits, batch.labels) + out.hidden_states[-1].pow(2).mean()
+                + sum(s.clamp(min=-1e4).pow(2).mean() for s in out.attention_scores)
+                + (out.attention_probs[1].pow(2).sum() if read_probs else 0))
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        return loss.detach(), grads, torch.rand(1), held
+
+    try:
+        plain, plain_probs = step(_eager_attention), step(_eager_attention, read_probs=True)
+        captured, captured_probs = step(models._capturing_attention), step(models._capturing_attention, True)
+    finally:
+        AttentionInterface.register(models.ATTENTION_CAPTURE, models._capturing_attention)
+    assert model.config.attention_probs_dropout_prob > 0
+    assert torch.equal(plain[0], captured[0]) and torch.equal(plain[2], captured[2])
+    assert all(torch.equal(want, got) for want, got in zip(plain[1], captured[1]))
+    assert torch.equal(plain_probs[0], captured_probs[0])
+    for want, got in zip(plain_probs[1], captured_probs[1]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    score_bytes = 8 * 2 * 6 * 6 * 4  # batch x heads x seq x seq, fp32
+    assert plain[3] - captured[3] >= 2 * score_bytes * model.config.num_hidden_layers
 
 
 def test_attention_capture_gives_the_same_logits_as_sdpa_and_switches_back():

@@ -36,6 +36,40 @@ def release_free_heap() -> None:
         trim(0)
 
 
+_STATM = Path("/proc/self/statm")
+
+
+def resident_bytes() -> int | None:
+    """This process's resident set now; None where the OS does not say (not Linux)."""
+    try:
+        return int(_STATM.read_text().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class HeapCreep:
+    """Trims the heap at a step's end once the resident set has grown `slack` past where the last
+    trim left it. Steps of ever-changing tensor shapes fragment glibc's heap: freed blocks too small
+    for the next shapes stay resident, and the peak creeps up step after step. A trim on every step
+    would fault the pages in again each time (see release_free_heap); on creep alone it costs that
+    only when the heap has grown."""
+
+    def __init__(self, slack_mib: float = 256):
+        self.slack = slack_mib * 2**20
+        self.base = resident_bytes()
+        self.trims = 0
+
+    def step_done(self) -> None:
+        if self.base is None or (now := resident_bytes()) is None:
+            return
+        if now <= self.base + self.slack:
+            self.base = min(self.base, now)  # an evaluation's trim, say, lowered it
+            return
+        release_free_heap()
+        self.trims += 1
+        self.base = resident_bytes() or now  # what is live now, grown or not, is the new base
+
+
 def reset_peak_rss() -> bool:
     """Start a new peak at the current RSS; False where the OS cannot (the peak stays the process's)."""
     try:

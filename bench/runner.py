@@ -758,9 +758,10 @@ class Runner:
                 view.flush()
 
         def compute_loss(batch, stage):
-            # The previous batch's new teacher outputs are written now, its graph gone: written at the
-            # end of its own step, their copies (one per chunk, one for the file) would add to the
-            # memory peak that the student's graph makes before the backward.
+            # New teacher outputs are written before the student's forward: their copies (one per
+            # chunk, one for the file) would otherwise add to the memory peak the student's graph makes
+            # before the backward. A cached teacher fetches what earlier losses read when it is called;
+            # only what a loss reads for the first time is kept until the next batch comes.
             flush_outputs()
             joint = isinstance(batch, dict)
             teacher_out = None
@@ -768,6 +769,7 @@ class Runner:
                 with timer("teacher"), torch.no_grad():
                     teacher_out = ({d: views[d](b, needs) for d, b in batch.items()} if joint
                                    else next(iter(views.values()))(batch, needs))  # its domain's, or mix
+                    flush_outputs()
             with timer("student"):
                 student_out = {d: student(b, needs) for d, b in batch.items()} if joint else student(batch, needs)
             with timer("loss"):

@@ -24,7 +24,7 @@ from bench.api import Batch, MultiDomainBatch
 from bench.checkpoint import Checkpoint, rng_state, set_rng_state
 from bench.data import batch_examples, seek
 from bench.errors import BenchError
-from bench.memory import release_free_heap
+from bench.memory import HeapCreep, release_free_heap
 from bench.models import clone_state
 
 log = logging.getLogger(__name__)
@@ -248,6 +248,7 @@ def fit(
             "selections": {k: vars(v) for k, v in selections.items()}, "rng": rng_state()})
 
     start = time.perf_counter()
+    creep = HeapCreep()
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True, leave=False,
                disable=None if accelerator.is_main_process else True)
     while step < total:
@@ -266,6 +267,7 @@ def fit(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+            creep.step_done()
             step += 1
             epoch_step += 1
             examples += batch_examples(batch) * accelerator.num_processes  # every process took its part

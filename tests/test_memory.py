@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from bench.memory import peak_rss_mib, reset_peak_rss
+from bench.memory import HeapCreep, peak_rss_mib, reset_peak_rss, resident_bytes
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-run peaks need /proc/self/clear_refs")
 
@@ -37,9 +37,7 @@ def test_releasing_the_free_heap_lowers_the_resident_set_after_many_small_frees(
     from bench.memory import release_free_heap
 
     def resident_mib():
-        import resource
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+        return resident_bytes() / 2**20
 
     blocks = [np.ones(64 * 1024 // 8) for _ in range(4096)]  # 256 MiB of 64 KiB heap blocks
     keep = blocks[::64]  # a few survivors pin the heap's top, so it cannot simply shrink
@@ -47,4 +45,41 @@ def test_releasing_the_free_heap_lowers_the_resident_set_after_many_small_frees(
     before = resident_mib()
     release_free_heap()
     assert resident_mib() < before - 128
+    del keep
+
+
+def test_heap_creep_trims_only_once_the_resident_set_grew_its_slack_past_the_last_trim(monkeypatch):
+    """Steps whose resident set stays within the slack cost nothing; growth past it trims, and what
+    the trim leaves (live memory, grown or not) is the next base, so live growth never trims twice."""
+    from bench import memory
+
+    mib = 2**20
+    resident = [1000 * mib]
+    trims = []
+
+    def trim():
+        trims.append(resident[0])
+        resident[0] = after_trim
+
+    monkeypatch.setattr(memory, "resident_bytes", lambda: resident[0])
+    monkeypatch.setattr(memory, "release_free_heap", trim)
+    creep = HeapCreep(slack_mib=256)
+    for now, after_trim, trimmed in ((1200, 0, 0), (900, 0, 0), (1150, 0, 0),  # within 256 of the lowest
+                                     (1160, 950, 1),  # 1160 > 900 + 256: trimmed back to 950
+                                     (1200, 0, 1), (1300, 1250, 2),  # live memory grew: 1250 is the base
+                                     (1400, 0, 2)):
+        resident[0], after_trim = now * mib, after_trim * mib
+        creep.step_done()
+        assert len(trims) == creep.trims == trimmed, now
+
+
+@linux
+def test_heap_creep_hands_back_a_fragmented_heap():
+    creep = HeapCreep(slack_mib=64)
+    blocks = [np.ones(64 * 1024 // 8) for _ in range(4096)]  # 256 MiB of 64 KiB heap blocks
+    keep = blocks[::64]
+    del blocks
+    grown = resident_bytes()
+    creep.step_done()
+    assert creep.trims == 1 and resident_bytes() < grown - 128 * 2**20
     del keep

@@ -476,31 +476,45 @@ def test_a_forward_on_a_miss_keeps_only_the_layers_losses_read(rows, teacher, tm
     assert counting.calls == 3
 
 
-def test_a_batchs_new_outputs_are_written_at_the_next_step_and_the_last_after_training(data_dir, teacher, tmp_path):
-    """Written at the end of their own step, the chunk's copies would coincide with the student's
-    graph; the runner writes them when the next batch comes, and the last batch's when asked."""
+def test_a_batchs_new_outputs_are_written_before_the_student_forward_and_first_reads_at_the_next_step(
+        data_dir, teacher, tmp_path):
+    """Written after the student's forward, a chunk's copies would coincide with the student's graph.
+    What the cached teacher fetched when called is written before the student's forward; what a loss
+    reads for the first time (tinybert's layers, on its first batch) when the next batch comes or
+    when asked (after training)."""
     from bench.data import make_loader
     from bench.runner import Grid, Runner
     from bench.teachers import StoredTeacher
+    from bench.testing import STUDENT
 
     registry = get_registry()
-    kd = registry.distiller("kd")
-    grid = Grid(suite=registry.suite("amazon"), preset=get_preset("smoke"), methods=[kd], domains=["books"],
+    tinybert = registry.distiller("tinybert")
+    grid = Grid(suite=registry.suite("amazon"), preset=get_preset("smoke"), methods=[tinybert], domains=["books"],
                 seeds=[1], data=DataConfig(str(data_dir)), results_dir=str(tmp_path / "results"))
     runner = Runner(grid, registry)
     runner.outputs_root = tmp_path / "outputs"
     tok = runner.student_tokenizer
     b1, b2 = list(make_loader(runner.data("books").tokenized("train", tok), 8, tok.pad_token_id, shuffle=False))[:2]
-    student = build_classifier(ModelSpec("random:tiny"), 2)
-    compute_loss = runner.student_forward(grid.distiller(kd), student,
-                                          {"books": StoredTeacher("t0", teacher, {}, False, None)})
+    student = build_classifier(STUDENT, 2)
+    distiller = grid.distiller(tinybert)
+    distiller.domains = ("books",)
+    distiller.extra_modules(teacher.config, student.config)
 
     def chunks():
         return len(list(runner.outputs_root.rglob("*.safetensors")))
 
+    at_student = []
+
+    def counted(batch, needs):
+        at_student.append(chunks())
+        return student(batch, needs)
+
+    compute_loss = runner.student_forward(distiller, counted, {"books": StoredTeacher("t0", teacher, {}, False, None)})
     compute_loss(b1, "main")
-    assert chunks() == 0
-    compute_loss(b2, "main")
-    assert chunks() == 1
-    compute_loss.flush_outputs()
+    assert at_student == [1] and chunks() == 1  # b1's logits; its layers wait for the next batch
+    compute_loss.flush_outputs()  # as after training
     assert chunks() == 2
+    compute_loss(b2, "main")
+    assert at_student == [1, 3] and chunks() == 3  # all of b2's, before its student forward
+    compute_loss.flush_outputs()
+    assert chunks() == 3

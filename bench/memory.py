@@ -48,26 +48,29 @@ def resident_bytes() -> int | None:
 
 
 class HeapCreep:
-    """Trims the heap at a step's end once the resident set has grown `slack` past where the last
-    trim left it. Steps of ever-changing tensor shapes fragment glibc's heap: freed blocks too small
-    for the next shapes stay resident, and the peak creeps up step after step. A trim on every step
-    would fault the pages in again each time (see release_free_heap); on creep alone it costs that
-    only when the heap has grown."""
+    """Trims the heap at a step's end once the resident set has crept `slack` past where the first
+    step after the last trim left it.
+
+    Steps of ever-changing tensor shapes fragment glibc's heap: blocks a step frees stay resident,
+    and those too small for the next shapes make the heap grow, step after step. At a step's end
+    the resident set is what the heap has ever touched, so its growth is that creep. A trim on every
+    step would fault each step's memory in again (see release_free_heap); on creep alone the peak
+    stays within `slack` of a step's own, at a trim every few dozen steps."""
 
     def __init__(self, slack_mib: float = 256):
         self.slack = slack_mib * 2**20
-        self.base = resident_bytes()
+        self.base: int | None = None  # None: the next step's end sets it
         self.trims = 0
 
     def step_done(self) -> None:
-        if self.base is None or (now := resident_bytes()) is None:
+        if (now := resident_bytes()) is None:
             return
-        if now <= self.base + self.slack:
-            self.base = min(self.base, now)  # an evaluation's trim, say, lowered it
-            return
-        release_free_heap()
-        self.trims += 1
-        self.base = resident_bytes() or now  # what is live now, grown or not, is the new base
+        if self.base is None:
+            self.base = now
+        elif now > self.base + self.slack:
+            release_free_heap()
+            self.trims += 1
+            self.base = None
 
 
 def reset_peak_rss() -> bool:

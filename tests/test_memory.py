@@ -48,34 +48,29 @@ def test_releasing_the_free_heap_lowers_the_resident_set_after_many_small_frees(
     del keep
 
 
-def test_heap_creep_trims_only_once_the_resident_set_grew_its_slack_past_the_last_trim(monkeypatch):
-    """Steps whose resident set stays within the slack cost nothing; growth past it trims, and what
-    the trim leaves (live memory, grown or not) is the next base, so live growth never trims twice."""
+def test_heap_creep_trims_once_the_resident_set_crept_its_slack_past_the_first_step_after_a_trim(monkeypatch):
+    """A step's end sees what the heap has touched: the first step after a trim sets the base, a
+    later one more than the slack above it trims, and the step after that sets the base again."""
     from bench import memory
 
-    mib = 2**20
-    resident = [1000 * mib]
-    trims = []
-
-    def trim():
-        trims.append(resident[0])
-        resident[0] = after_trim
-
+    resident = [0]
     monkeypatch.setattr(memory, "resident_bytes", lambda: resident[0])
-    monkeypatch.setattr(memory, "release_free_heap", trim)
+    monkeypatch.setattr(memory, "release_free_heap", lambda: resident.__setitem__(0, 1300 * 2**20))
     creep = HeapCreep(slack_mib=256)
-    for now, after_trim, trimmed in ((1200, 0, 0), (900, 0, 0), (1150, 0, 0),  # within 256 of the lowest
-                                     (1160, 950, 1),  # 1160 > 900 + 256: trimmed back to 950
-                                     (1200, 0, 1), (1300, 1250, 2),  # live memory grew: 1250 is the base
-                                     (1400, 0, 2)):
-        resident[0], after_trim = now * mib, after_trim * mib
+    trims = []
+    for now in (3000, 3100, 3250, 3257,  # base 3000: 3257 is past 3000 + 256, trimmed to 1300
+                3050, 3300, 3307,  # the next step's end, 3050, is the base
+                2900, 2950):
+        resident[0] = now * 2**20
         creep.step_done()
-        assert len(trims) == creep.trims == trimmed, now
+        trims.append(creep.trims)
+    assert trims == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
 @linux
 def test_heap_creep_hands_back_a_fragmented_heap():
     creep = HeapCreep(slack_mib=64)
+    creep.step_done()  # the base
     blocks = [np.ones(64 * 1024 // 8) for _ in range(4096)]  # 256 MiB of 64 KiB heap blocks
     keep = blocks[::64]
     del blocks

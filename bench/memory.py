@@ -30,8 +30,9 @@ def _malloc_trim():
 def release_free_heap() -> None:
     """Hand the heap's free pages back to the OS (glibc's malloc_trim). glibc keeps what a finished
     phase freed (a teacher's training, an earlier run) and, fragmented over its arenas, it would
-    count in every later run's memory. Called per run and per dev evaluation: per step it would cost
-    ~15% of the speed here (pages freed are faulted in again)."""
+    count in every later run's memory. Called per run, per dev evaluation and when a training loop's
+    heap creeps (HeapCreep): per step it would cost ~15% of the speed here (pages freed are faulted
+    in again)."""
     if (trim := _malloc_trim()) is not None:
         trim(0)
 
@@ -54,8 +55,8 @@ class HeapCreep:
     Steps of ever-changing tensor shapes fragment glibc's heap: blocks a step frees stay resident,
     and those too small for the next shapes make the heap grow, step after step. At a step's end
     the resident set is what the heap has ever touched, so its growth is that creep. A trim on every
-    step would fault each step's memory in again (see release_free_heap); on creep alone the peak
-    stays within `slack` of a step's own, at a trim every few dozen steps."""
+    step would fault each step's memory in again (see release_free_heap); on creep alone the steps
+    between trims (two or three in a `cpu`-preset HRKD run) reuse the pages the heap holds."""
 
     def __init__(self, slack_mib: float = 256):
         self.slack = slack_mib * 2**20

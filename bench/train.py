@@ -306,6 +306,8 @@ def fit(
         else:  # a whole pass: the next one is the next epoch's
             epoch, epoch_step = epoch + 1, 0
     bar.close()
+    if creep.trims:
+        log.info("%s: heap trimmed %d times as it crept", desc, creep.trims)
     wall = wall_before + time.perf_counter() - start
     accelerator.free_memory()  # drop the accelerator's references, or every run of a grid stays in memory
     if len(selections) == 1:

@@ -1,4 +1,4 @@
-"""Per-run peak memory: the peak follows what the process really touched, and resets per run."""
+"""Per-run peak memory (it follows what the process really touched, and resets per run) and the heap trims."""
 
 import sys
 

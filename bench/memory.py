@@ -31,8 +31,7 @@ def release_free_heap() -> None:
     """Hand the heap's free pages back to the OS (glibc's malloc_trim). glibc keeps what a finished
     phase freed (a teacher's training, an earlier run) and, fragmented over its arenas, it would
     count in every later run's memory. Called per run, per dev evaluation and when a training loop's
-    heap creeps (HeapCreep): per step it costs ~6% of an HRKD step's speed here (pages freed are
-    faulted in again; README, memory)."""
+    heap creeps (HeapCreep); not on every step, which would fault each step's memory in again."""
     if (trim := _malloc_trim()) is not None:
         trim(0)
 

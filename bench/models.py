@@ -219,21 +219,20 @@ def _capturing_attention(module, query, key, value, attention_mask, scaling=None
     if attention_mask is not None:
         scores = scores + attention_mask
     p = dropout if module.training else 0.0
-    if torch.is_grad_enabled() and (scores.requires_grad or value.requires_grad):
-        # A trained model's probabilities, dropout noise and dropped probabilities (each the size of
-        # the scores) would stay saved for backward until it runs. Saved instead: the dropout mask
-        # (a byte an entry), drawn here as dropout draws it; backward recomputes the rest from the
-        # recorded scores, the same values to the bit, for a softmax and one batched product per
-        # layer. Probabilities a loss reads are recomputed from the scores (Classifier.forward).
-        if _captured.get() is not None:
-            _record(scores, None, value)
-        keep = torch.empty_like(scores).bernoulli_(1 - p).bool() if p > 0 else None
-        out = checkpoint(_attend, scores, value, keep, p, use_reentrant=False, preserve_rng_state=False)
-        return out.transpose(1, 2).contiguous(), None
-    probs = torch.softmax(scores, dim=-1)
+    # A trained model's probabilities, dropout noise and dropped probabilities (each the size of the
+    # scores) would stay saved for backward until it runs. Saved instead: the dropout mask (a byte an
+    # entry), drawn here as dropout draws it; backward recomputes the rest from the recorded scores,
+    # the same values to the bit, for a softmax and one batched product per layer. Probabilities a
+    # loss reads are recomputed from the scores (Classifier.forward).
+    trained = torch.is_grad_enabled() and (scores.requires_grad or value.requires_grad)
+    probs = None if trained else torch.softmax(scores, dim=-1)
     if _captured.get() is not None:
         _record(scores, probs, value)
-    out = torch.matmul(nn.functional.dropout(probs, p=p, training=p > 0), value)
+    if trained:
+        keep = torch.empty_like(scores).bernoulli_(1 - p).bool() if p > 0 else None
+        out = checkpoint(_attend, scores, value, keep, p, use_reentrant=False, preserve_rng_state=False)
+    else:
+        out = torch.matmul(nn.functional.dropout(probs, p=p, training=p > 0), value)
     return out.transpose(1, 2).contiguous(), probs
 
 

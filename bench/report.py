@@ -297,7 +297,8 @@ def _timing(df: pd.DataFrame, table: str) -> str | None:
             seen.add((str(device), int(threads), int(seq_len)))
     if not seen:
         return None
-    described = "; ".join(f"{d}, {t} threads, sequence length {n}" for d, t, n in sorted(seen))
+    described = "; ".join(f"{d}, {t} thread{'s' if t != 1 else ''}, sequence length {n}"
+                          for d, t, n in sorted(seen))
     if len(seen) > 1:
         log.warning("%s: latencies were measured under different conditions (%s); compare them with care",
                     table, described)

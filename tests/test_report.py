@@ -144,10 +144,10 @@ def test_latency_and_speedup_are_medians_over_runs(new_store):
 
 def test_latencies_timed_under_different_conditions_are_flagged(new_store, caplog):
     gpu = record("tiny", "electronics", 1, 0.7, student_ms=1.0)
-    gpu["metrics"]["latency"]["device"] = "cuda"
+    gpu["metrics"]["latency"].update(device="cuda", threads=1)
     store(new_store, [gpu])
     text = report(new_store)
-    assert "(mixed: cpu, 2 threads, sequence length 128; cuda, 2 threads, sequence length 128)" in text
+    assert "(mixed: cpu, 2 threads, sequence length 128; cuda, 1 thread, sequence length 128)" in text
     assert "amazon/smoke: latencies were measured under different conditions" in caplog.text
 
 

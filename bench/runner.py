@@ -628,7 +628,7 @@ class Runner:
         train_loader = make_loader(data.tokenized("train", tokenizer), config.batch_size, pad, shuffle=True, seed=seed,
                                    length_buckets=config.length_buckets)
         dev_loader, test_loader = (
-            self.accelerator.prepare(make_loader(data.tokenized(s, tokenizer), 64, pad, shuffle=False))
+            self.accelerator.prepare(make_loader(data.tokenized(s, tokenizer), 64, pad, shuffle=False, by_length=True))
             for s in ("dev", "test"))
         model.to(self.accelerator.device)
 
@@ -670,7 +670,7 @@ class Runner:
         data = {d: self.data(d) for d in domains}
         train_loader = self.joint_train_loader(kind, config.batch_size, seed, config.length_buckets)
         dev, test = ({d: self.accelerator.prepare(make_loader(data[d].tokenized(split, tokenizer), 64, pad,
-                                                              shuffle=False)) for d in domains}
+                                                              shuffle=False, by_length=True)) for d in domains}
                      for split in ("dev", "test"))
         model.to(self.accelerator.device)
 

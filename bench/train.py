@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from bench.api import Batch, MultiDomainBatch
 from bench.checkpoint import Checkpoint, rng_state, set_rng_state
-from bench.data import batch_examples, seek
+from bench.data import batch_examples, row_order, seek
 from bench.errors import BenchError
 from bench.memory import HeapCreep, release_free_heap
 from bench.models import clone_state
@@ -321,7 +321,8 @@ def fit(
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: torch.utils.data.DataLoader, accelerator) -> tuple[list[int], list[int]]:
-    """Argmax predictions and gold labels over a loader, gathered across processes."""
+    """Argmax predictions and gold labels over a loader, gathered across processes, in the
+    dataset's row order (also when the loader takes the rows by length)."""
     model.eval()
     preds, golds = [], []
     for batch in loader:
@@ -330,7 +331,16 @@ def predict(model: nn.Module, loader: torch.utils.data.DataLoader, accelerator) 
         p, y = accelerator.gather_for_metrics((logits.argmax(-1), batch.labels))
         preds.extend(p.tolist())
         golds.extend(y.tolist())
+    if (order := row_order(loader)) is not None:
+        preds, golds = _in_row_order(preds, order), _in_row_order(golds, order)
     return preds, golds
+
+
+def _in_row_order(values: list[int], order: list[int]) -> list[int]:
+    out = [0] * len(order)
+    for value, row in zip(values, order, strict=True):
+        out[row] = value
+    return out
 
 
 def accuracy(preds: list[int], golds: list[int]) -> float:

@@ -100,3 +100,33 @@ def test_a_bucketed_loader_resumes_mid_pass_where_it_stood():
     assert [b.row_ids.tolist() for b in again] == whole[1][3:]
     for batch in whole[0]:
         assert len(batch) == 4 or batch is whole[0][-1]
+
+
+def test_an_evaluation_loader_takes_rows_by_length_and_predict_returns_them_in_row_order(data_dir):
+    """Real MNLI test pairs through the cpu preset's 3-layer student: shortest first, the batches
+    pad far less, and `predict` gives the same predictions, in the dataset's order, as file order."""
+    from accelerate import Accelerator
+    from bench_plugins.suites import mnli
+
+    from bench.api import DataConfig
+    from bench.models import ModelSpec, build_classifier
+    from bench.train import predict
+
+    tok = load_tokenizer("pkg:all-MiniLM-L6-v2")
+    test = mnli.load("fiction", "test", DataConfig(str(data_dir))).select(range(300))
+    enc = tokenize(test, tok, 128, mnli.DOMAINS)
+    file_order, by_length = (make_loader(enc, 64, tok.pad_token_id, shuffle=False, by_length=b) for b in (False, True))
+    lengths = [len(ids) for ids in enc["input_ids"]]
+    taken = [i for b in by_length for i in b.row_ids.tolist()]
+    assert sorted(taken) == list(range(300)) and [lengths[i] for i in taken] == sorted(lengths)
+
+    def padded(loader):
+        return sum(b.input_ids.numel() for b in loader)
+    assert padded(by_length) < 0.6 * padded(file_order)
+
+    torch.manual_seed(0)
+    model = build_classifier(ModelSpec("pkg:all-MiniLM-L6-v2", init="truncate", layers=(0, 2, 4)), 3)
+    accelerator = Accelerator(cpu=True)
+    preds, golds = predict(model, accelerator.prepare(by_length), accelerator)  # as the runner's, wrapped
+    assert (preds, golds) == predict(model, file_order, accelerator)
+    assert golds == enc["label"] and len(set(preds)) > 1  # the real labels, row by row; not one class

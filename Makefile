@@ -40,10 +40,11 @@ bench: $(STAMP)
 # go on where it stopped (finished runs are skipped, a killed one continues from its checkpoint).
 ALL_METHODS := finetune,finetune-mix,finetune-mtl,kd,pkd,tinybert,minilm,metakd,hrkd,hrkd-nohier,hrkd-nograph
 FEW_SHOT_METHODS := finetune,tinybert,metakd,hrkd
+# Seed by seed, so that a grid stopped part-way leaves whole seeds of every method behind.
 grid: $(STAMP)
-	for suite in amazon mnli; do \
-	  BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods $(ALL_METHODS) --suite $$suite --seeds 1,2,3 --resume \
-	  || exit 1; done
+	for suite in amazon mnli; do for seed in 1 2 3; do \
+	  BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods $(ALL_METHODS) --suite $$suite --seeds $$seed --resume \
+	  || exit 1; done; done
 	for ratio in 0.1 0.01; do \
 	  BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods $(FEW_SHOT_METHODS) --suite mnli --seeds 1,2,3 \
 	    --train-ratio $$ratio --resume || exit 1; done

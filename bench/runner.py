@@ -46,6 +46,7 @@ from bench.plugins import Registry, plugin_version
 from bench.precision import check_precision, with_precision
 from bench.presets import Preset
 from bench.results import SCHEMA_VERSION, RunKey, git_state, machine_info, now_utc, write_result
+from bench.step import StudentStep
 from bench.teacher_outputs import MODES as CACHE_MODES
 from bench.teacher_outputs import CachedTeacher, TeacherOutputCache, cache_identity, rows_digest
 from bench.teachers import StoredTeacher, TeacherStore, get_or_train_teacher, teacher_key
@@ -740,46 +741,18 @@ class Runner:
         distiller.bind_teacher(TeacherExtras(modules, tensors, tuple(self.grid.suite.domains)))
 
     def student_forward(self, distiller: Distiller, student, teachers: dict[str, StoredTeacher] | None,
-                        timer=untimed):
-        """compute_loss(batch, stage) for the student's kind: each (sub-)batch through the student
-        and, without gradients, through its domain's teacher. `timer(phase)` times the teacher
-        forward, the student forward and the method's loss (`bench profile`). Its `flush_outputs()`
-        writes the teacher outputs its last batch read for the first time (call it after training)."""
-        needs = distiller.needs
+                        timer=untimed) -> StudentStep:
+        """The method's loss for the student's kind, `step(batch, stage)`: each (sub-)batch through
+        the student and, without gradients, through its domain's teacher (read through the
+        teacher-output cache where the method allows). `timer(phase)` times the teacher forward,
+        the student forward and the method's loss (`bench profile`)."""
         views = ({d: with_precision(self.teacher_view(t.model), self.grid.teacher_precision)
                   for d, t in teachers.items()} if teachers else None)
+        needs = distiller.needs
         if views and self.grid.teacher_cache != "off" and (needs <= {"logits"} or not distiller.reads_teacher_padding):
             views = {d: self.cached_teacher(view, teachers, d if distiller.student_kind != "mix" else None)
                      for d, view in views.items()}
-        cached = [v for v in views.values() if isinstance(v, CachedTeacher)] if views else []
-
-        def flush_outputs():
-            for view in cached:
-                view.flush()
-
-        def compute_loss(batch, stage):
-            # New teacher outputs are written before the student's forward: their copies (one per
-            # chunk, one for the file) would otherwise add to the memory peak the student's graph makes
-            # before the backward. A cached teacher fetches what earlier losses read when it is called;
-            # only what a loss reads for the first time is kept until the next batch comes.
-            flush_outputs()
-            joint = isinstance(batch, dict)
-            teacher_out = None
-            if views:
-                with timer("teacher"), torch.no_grad():
-                    teacher_out = ({d: views[d](b, needs) for d, b in batch.items()} if joint
-                                   else next(iter(views.values()))(batch, needs))  # its domain's, or mix
-                    flush_outputs()
-            with timer("student"):
-                student_out = {d: student(b, needs) for d, b in batch.items()} if joint else student(batch, needs)
-            with timer("loss"):
-                parts = (distiller.multi_domain_loss(batch, student_out, teacher_out, stage) if joint
-                         else distiller.loss(batch, student_out, teacher_out, stage))
-            return parts
-
-        compute_loss.flush_outputs = flush_outputs
-
-        return compute_loss
+        return StudentStep(distiller, student, views, timer)
 
     def cached_teacher(self, view, teachers: dict[str, StoredTeacher], domain: str | None) -> CachedTeacher:
         """`view` reading through the teacher-output caches of `domain`'s rows (None: every domain's,

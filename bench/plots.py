@@ -98,7 +98,7 @@ def plot_domains(table: Table, path: Path) -> Path | None:
         xs = [j - 0.4 + width * (i + 0.5) for j in range(len(table.domains))]
         ax.bar(xs, [math.nan if s is None else s.mean for s in stats], width,
                yerr=[math.nan if s is None or s.std is None else s.std for s in stats], capsize=2,
-               label=row.method, color="0.55" if row.is_teacher else f"C{students}")
+               label=row.method, color="0.55" if row.is_teacher else _student_color(students))
         students += not row.is_teacher
     ax.set_xticks(range(len(table.domains)), table.domains)
     ax.set_ylabel(f"test {METRICS[table.metric]} (%)")
@@ -114,6 +114,16 @@ def _floor(rows: Sequence[Row], domains: Sequence[str]) -> float:
     scores can be told apart."""
     lowest = min(s.mean - (s.std or 0.0) for r in rows for d in domains if (s := r.scores.get(d)))
     return max(0.0, 10 * math.floor((lowest - 5) / 10))
+
+
+def _student_color(i: int):
+    """tab20's hues without its greys (the teachers' colour): the nine dark shades, then the nine
+    light ones, so that eleven and more methods get colours of their own (tab10 has a grey and
+    repeats after ten)."""
+    from matplotlib import colormaps
+
+    shades = [k for k in range(0, 20, 2) if k != 14] + [k for k in range(1, 20, 2) if k != 15]
+    return colormaps["tab20"](shades[i % len(shades)])
 
 
 def _style(row: Row) -> dict[str, Any]:

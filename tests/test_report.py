@@ -343,6 +343,16 @@ def test_plots_are_written_as_pngs(new_store, tmp_path):
         assert path.stat().st_size > 5_000  # axes, points and labels, not a blank canvas
 
 
+def test_eleven_and_more_students_get_colours_of_their_own_none_grey_like_the_teachers():
+    from matplotlib.colors import to_rgb
+
+    from bench.plots import _student_color
+
+    colours = [to_rgb(_student_color(i)) for i in range(18)]
+    assert len(set(colours)) == 18
+    assert all(max(c) - min(c) > 0.1 for c in colours)  # a grey has equal channels (teachers: 0.55)
+
+
 def test_a_plot_whose_fields_are_missing_is_skipped_with_a_warning(old_store, tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     written = write_plots(build_tables(iter_results(old_store), None, ORDERS), tmp_path / "plots")

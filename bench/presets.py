@@ -102,6 +102,17 @@ _add(Preset(
     max_dev_rows=200,
 ))
 
+# The paper's shapes with random weights, at cpu-base's sizes: the throughput of the paper's
+# setting on a machine without the hub (`profile`, the teacher-output cache), not its accuracy.
+_add(replace(
+    PRESETS["cpu-base"],
+    name="paper-shapes",
+    description="random BERT-base-shaped teacher, random TinyBERT-4L-312 student: timing the paper's setting, "
+                "not accuracy",
+    teacher=ModelSpec("random:bert-base"),
+    student=ModelSpec("random:tinybert-4l312"),
+))
+
 # The HRKD paper's setting and its reference scripts' hyper-parameters (METHODS.md): a GPU
 # and the hub; full data; batch 8 per domain.
 _add(Preset(

@@ -52,7 +52,7 @@ def test_dry_run_plans_without_loading_any_model(tmp_path, data_dir, capsys, mon
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-@pytest.mark.parametrize("preset", ["smoke", "cpu", "cpu-base", "paper"])
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "cpu-base", "paper-shapes", "paper"])
 def test_every_preset_is_listed_with_its_models(preset, capsys):
     assert main(["ls", "presets"]) == 0
     assert preset in capsys.readouterr().out

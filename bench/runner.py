@@ -438,9 +438,9 @@ class Runner:
             distiller = g.distiller(job.method)
             kind = distiller.student_kind
             domains = list(g.domains) if job.joint else [job.key.domain]
-            if distiller.teacher_kind:
-                plan_teacher(distiller.teacher_kind, domains if distiller.teacher_kind != "single" else domains[:1],
-                             distiller.teacher_objective())
+            if distiller.teacher_kind:  # a mix or multi teacher trains on every domain, whatever its student's kind
+                teacher_domains = domains[:1] if distiller.teacher_kind == "single" else list(g.domains)
+                plan_teacher(distiller.teacher_kind, teacher_domains, distiller.teacher_objective())
             examples = len(distiller.stages) * p.student_train.epochs * self.epoch_examples(kind, domains)
             total += examples
             where = job.key.domain if not job.joint else f"{','.join(g.domains)} ({kind} student)"

@@ -139,6 +139,18 @@ def test_dry_run_counts_joint_training_once(tmp_path, data_dir, capsys):
     assert torch.is_grad_enabled()
 
 
+def test_dry_run_counts_a_per_domain_students_joint_teacher_on_every_domain(tmp_path, data_dir, capsys):
+    """metakd's students are per domain, its meta-teacher is trained on the union of the domains."""
+    assert main(["run", "--dry-run", "--methods", "metakd", "--suite", "amazon", "--preset", "smoke",
+                 "--domains", "books,dvd", "--results-dir", str(tmp_path), "--data-dir", str(data_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    teacher = [line for line in lines if "meta-teacher" in line]
+    assert len(teacher) == 1 and teacher[0].startswith("books,dvd: mix meta-teacher teacher ")
+    assert teacher[0].endswith("to train (192 examples)")  # 2 epochs x (48 + 48)
+    assert "books: metakd seed 1: 192 examples (+ teacher forwards)" in lines  # 2 stages x 2 epochs x 48
+    assert lines[-1] == f"examples to process in all: {192 + 2 * 192}"
+
+
 def test_a_grid_holds_only_the_teachers_of_the_job_it_runs(data_dir, tmp_path):
     """Each domain's teacher is let go when the grid moves on (reloaded from the store if needed
     again); each run records its own peak memory."""

@@ -59,7 +59,8 @@ def harness_kd(teacher, student):
     registry = get_registry()
     kd = registry.distiller("kd")
     grid = Grid(suite=registry.suite("amazon"), preset=get_preset("cpu"), methods=[kd], domains=["books"], seeds=[1],
-                data=DataConfig("unused"), results_dir="unused")  # nothing is loaded: only the forwards are used
+                data=DataConfig("unused"), results_dir="unused",  # nothing is loaded: only the forwards are used
+                teacher_cache="off")  # the teacher runs every step, as in the bare loop
     runner = Runner(grid, registry)
     compute_loss = runner.student_forward(grid.distiller(kd), student,
                                           {"books": StoredTeacher("key", teacher, {}, False, None)})

@@ -25,7 +25,8 @@ Schema (version 1). Keys every tool may rely on, as dotted paths: `seed`, `prese
   latency {device, threads, seq_len, warmup, repeats, batch_<B> {median_ms, iqr_ms}},
   throughput {batch, examples_per_second}, speedup {batch_<B>}, compression, ...}: one entry
   per registered metric; a field may be missing from records written before it existed
-- timings {teacher_seconds (spent by this run: 0 when the teacher was reused), train_seconds, eval_seconds,
+- timings {teacher_seconds (spent by this run: 0 when the teacher was reused), train_seconds (the student's
+  training and testing, a resumed run's killed processes included), eval_seconds,
   peak_rss_mib (the process's peak resident memory during the run; on Linux the run's own)}
 - retimed {created, git, machine}: present when `bench retime` wrote the timed metrics (latency,
   throughput, speedup) and teacher.latency again, all in that one sitting

@@ -798,7 +798,7 @@ class Runner:
         stages = [self.resumable_stage(stage, checkpoint, student, extra, train_stage)
                   for stage, checkpoint in self.stage_checkpoints(key, distiller)]
         compute_loss.flush_outputs()
-        train_seconds = time.perf_counter() - start
+        train_seconds = time.perf_counter() - start + sum(t.fit.resumed_seconds for t in stages)
         if not self.main:  # the main process writes the result (and times the student alone)
             return {}
         return self.record(key, distiller, stages, student, extra, teacher, train_seconds, [key.domain])
@@ -835,7 +835,8 @@ class Runner:
         stages = [self.resumable_stage(stage, checkpoint, student, extra, train_stage)
                   for stage, checkpoint in self.stage_checkpoints(self.joint_job(method, seed).key, distiller)]
         compute_loss.flush_outputs()
-        train_seconds = time.perf_counter() - start
+        train_seconds = (time.perf_counter() - start
+                         + sum(next(iter(s.values())).fit.resumed_seconds for s in stages))  # one fit a stage
         records = {}
         for domain in g.domains if self.main else ():
             trained = [s[domain] for s in stages]
@@ -921,9 +922,11 @@ def _trained_state(trained: Trained | dict[str, Trained]) -> dict[str, Any]:
 
 
 def _trained_from_state(state: dict[str, Any]) -> Trained | dict[str, Trained]:
+    """A stage's outcome as a killed process left it: all its training time was spent there."""
     f = state["fit"]
     fit = FitResult(f["steps"], f["examples"], f["wall_seconds"],
-                    {k: Selection(**v) for k, v in f["selections"].items()}, f["history"])
+                    {k: Selection(**v) for k, v in f["selections"].items()}, f["history"],
+                    resumed_seconds=f["wall_seconds"])
     per = {d: Trained(fit, Selection(**t["selection"]), t["test_preds"], t["test_golds"])
            for d, t in state["domains"].items()}
     return per[""] if list(per) == [""] else per

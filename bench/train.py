@@ -65,6 +65,7 @@ class FitResult:
     wall_seconds: float
     selections: dict[str, Selection]
     history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_seconds: float = 0.0  # of wall_seconds, what processes killed before this one spent
 
     @property
     def examples_per_second(self) -> float:
@@ -316,7 +317,8 @@ def fit(
         if extra_modules is not None:  # trained with the model: kept as they were at the chosen step
             extra_modules.load_state_dict(chosen.extra_state)
     model.eval()
-    return FitResult(steps=step, examples=examples, wall_seconds=wall, selections=selections, history=history)
+    return FitResult(steps=step, examples=examples, wall_seconds=wall, selections=selections, history=history,
+                     resumed_seconds=wall_before)
 
 
 @torch.no_grad()

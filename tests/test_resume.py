@@ -104,6 +104,9 @@ def test_a_killed_run_resumes_to_the_same_result(method, domains, die_at, plugin
     assert "resuming at step" in resumed.stderr
     for domain in domains.split(","):
         assert outcome(tmp_path / "killed", method, domain) == outcome(tmp_path / "whole", method, domain)
+        record = json.loads((tmp_path / "killed" / "amazon" / "smoke" / method / domain / "seed1.json").read_text())
+        # the training time counts what the killed process spent too, as the fits' wall time does
+        assert record["timings"]["train_seconds"] >= record["train"]["wall_seconds"] > 0
     assert not list((tmp_path / "killed" / ".checkpoints").rglob("*.pt"))  # a finished run keeps none
 
 

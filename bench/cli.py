@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--versus", default="hrkd", metavar="METHOD",
                         help="compare this method with every other, seed by seed, under each table where it ran "
                              "(md, latex, html; default hrkd; none: no comparison)")
+    report.add_argument("--summary", action="store_true",
+                        help="print the main table instead: a row per method, a column per suite and train ratio "
+                             "(its average over domains), one table per preset")
     report.add_argument("--write", default=None, metavar="FILE",
                         help="also write the markdown tables as a page, linking its plots (--plots, else those an "
                         "earlier --plots drew in plots/ beside the results dir)")
@@ -410,7 +413,7 @@ def cmd_report(args) -> int:
     from bench.paper import read_paper
     from bench.plugins import get_registry
     from bench.render import render_tables, write_page
-    from bench.report import build_tables
+    from bench.report import build_tables, summarize
     from bench.results import iter_results
 
     orders = {name: s.domains for name, s in get_registry().suites.items()}
@@ -423,7 +426,7 @@ def cmd_report(args) -> int:
         ran = sorted({r.method for t in tables for r in t.rows if r.ranked})
         raise BenchError(f"--versus {args.versus}: no table holds runs of that method (they hold {', '.join(ran)})",
                          "name a method the results hold, or --versus none")
-    print(render_tables(tables, args.format), end="")
+    print(render_tables(summarize(tables) if args.summary else tables, args.format), end="")
     plots = {}
     if args.plots:
         from bench.plots import write_plots

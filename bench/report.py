@@ -146,6 +146,53 @@ class Table:
                 Column("speedup", "speed-up", "ratio", "max")]
 
 
+@dataclass
+class Summary(Table):
+    """A paper's main table: a row per method, a column per table of one preset (suite and train
+    ratio, `domains` holds their names) with that table's average over its domains."""
+
+    @property
+    def name(self) -> str:
+        return f"summary ({self.preset} preset)"
+
+    @property
+    def title(self) -> str:
+        return f"{self.name}: test {METRICS[self.metric]} (%), the average over each suite's domains"
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", f"summary-{self.preset}")
+
+    @property
+    def columns(self) -> list[Column]:
+        return [*(Column(d, d, "score", "max") for d in self.domains),
+                Column("seeds", "seeds", "count"),
+                Column("params", "params", "params", "min")]
+
+
+def summarize(tables: Sequence[Table]) -> list[Summary]:
+    """One Summary per preset; its columns: each suite, followed by its few-shot ratios. A paper's
+    rows are left out: their one average cannot stand for every suite. Seeds: the fewest any of the
+    row's columns holds."""
+    summaries = []
+    for preset in dict.fromkeys(t.preset for t in tables):
+        group = sorted((t for t in tables if t.preset == preset), key=lambda t: (t.suite, -t.train_ratio))
+        columns = [t.suite if t.train_ratio == 1.0 else f"{t.suite} ({t.train_ratio:g} of train)" for t in group]
+        merged: dict[str, Row] = {}
+        for column, table in zip(columns, group):
+            for row in table.rows:
+                if row.source != "measured":
+                    continue
+                into = merged.setdefault(row.method, Row(row.method, is_teacher=row.is_teacher))
+                into.scores[column] = row.scores.get("avg")
+                if row.seeds is not None:
+                    into.seeds = min(into.seeds or row.seeds, row.seeds)
+                into.params = into.params if into.params is not None else row.params
+        rows = sorted(merged.values(), key=lambda r: not r.is_teacher)  # stable: teachers first, then in order
+        summaries.append(Summary("summary", 1.0, preset, group[0].metric, columns, rows))
+    return summaries
+
+
 # --- building tables from records ---------------------------------------------------------
 
 def build_tables(records: Iterable[dict[str, Any]], suite: str | None, domain_orders: Mapping[str, Sequence[str]],

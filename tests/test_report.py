@@ -468,3 +468,45 @@ def test_a_method_is_compared_with_each_other_seed_by_seed(tmp_path, capsys):
 def test_no_comparison_where_the_versus_method_did_not_run(old_store):
     assert all(t.comparisons == [] and t.versus is None
                for t in build_tables(iter_results(old_store), None, ORDERS, versus="hrkd"))
+
+
+# --- the summary (a paper's main table) ------------------------------------------------------
+
+def test_the_summary_holds_each_tables_average_full_data_first(new_store, tmp_path, capsys):
+    """A column per (suite, train ratio) of a preset, holding that table's avg cell; a paper's rows
+    are left out; the teacher leads; seeds are the fewest of the row's columns."""
+    store(new_store, [record("kd", d, 1, a, ratio=0.1, student_ms=10.0) for d, a in (("books", 0.6), ("dvd", 0.5))])
+    store(new_store, [record("kd", d, 1, 0.7, preset="other", student_ms=10.0) for d in ("books", "dvd")])
+    paper = tmp_path / "paper.csv"
+    paper.write_text("method,books,dvd,avg\nkd (paper),90,80,85\n")
+    argv = ["report", "--results-dir", str(new_store), "--paper", str(paper)]
+    assert main([*argv, "--summary"]) == 0
+    text = capsys.readouterr().out
+    smoke = text.split("### summary (other preset)")[0]
+    assert smoke.startswith("### summary (smoke preset): test accuracy (%), the average over each suite's domains")
+    rows, bold = parse_markdown(smoke)
+    assert list(rows) == ["teacher", "finetune", "kd", "tiny"]  # no paper row
+    assert list(rows["kd"])[:3] == ["method", "amazon", "amazon (0.1 of train)"]
+    # kd's avg per seed: (80 + 70) / 2 = 75 and (90 + 60) / 2 = 75; few-shot: (60 + 50) / 2 = 55, one seed
+    assert rows["kd"]["amazon"] == "75.0 ± 0.0" and rows["kd"]["amazon (0.1 of train)"] == "55.0"
+    assert rows["kd"]["seeds"] == "1" and rows["finetune"]["amazon (0.1 of train)"] == "-"
+    assert rows["teacher"]["amazon"] == "90.0" and rows["teacher"]["params"] == "4.0M"
+    assert bold == {("kd", "amazon"), ("tiny", "params")}  # a column with one student marks none
+    rows, _ = parse_markdown(text.split("### summary (other preset)")[1])
+    assert rows["kd"]["amazon"] == "70.0"
+    # the full tables print the domains as before; the summary's cells are their avg cells
+    assert main(argv) == 0
+    full, _ = parse_markdown(capsys.readouterr().out.split("### amazon (smoke preset)")[1])
+    assert full["kd"]["avg"] == "75.0 ± 0.0"
+
+
+def test_the_page_opens_with_the_summary_only_where_a_preset_has_several_tables(new_store, tmp_path, capsys):
+    argv = ["report", "--results-dir", str(new_store)]
+    assert main([*argv, "--write", str(tmp_path / "one.md")]) == 0
+    assert "## summary" not in (tmp_path / "one.md").read_text()  # a lone table is its own summary
+    store(new_store, [record("kd", d, 1, 0.6, ratio=0.1, student_ms=10.0) for d in ("books", "dvd")])
+    assert main([*argv, "--write", str(tmp_path / "two.md")]) == 0
+    headings = [l for l in (tmp_path / "two.md").read_text().splitlines() if l.startswith("## ")]
+    assert headings == ["## summary (smoke preset): test accuracy (%), the average over each suite's domains",
+                        "## amazon (smoke preset, 0.1 of train): test accuracy (%)",
+                        "## amazon (smoke preset): test accuracy (%)"]

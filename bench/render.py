@@ -46,7 +46,7 @@ def _number(column: Column, value: Any) -> str:
         return f"{value / 1e6:.1f}"
     if column.kind == "ms":
         return f"{value:.2f}" if value < 10 else f"{value:.1f}"
-    if column.kind == "ratio":
+    if column.kind in ("ratio", "minutes"):
         return f"{value:.1f}"
     return str(value)
 
@@ -101,7 +101,9 @@ def _notes(table: Table, marked: bool) -> list[str]:
     if isinstance(table, Summary):
         return [f"Each column: a table's {METRICS[table.metric]} averaged over its domains, mean ± std over seeds "
                 "(that table gives each domain); bold: the best measured student per column, the teacher not "
-                "ranked; seeds: the fewest any of the row's columns holds."]
+                "ranked; seeds: the fewest any of the row's columns holds. Student training: the runs' wall time "
+                "per seed as recorded, added over the columns, teachers not counted; runs that shared the machine "
+                "with other work took longer."]
     reported = any(r.source == "reported" for r in table.rows)
     notes = []
     if marked:
@@ -211,11 +213,12 @@ def _html_table(title: str, headers: list[str], body: list[list[str]], notes: li
 
 def csv_frame(tables: Sequence[Table]) -> pd.DataFrame:
     """Plain numbers, one row per (table, method): scores in percent as `<col>_mean` and
-    `<col>_std` (empty for a single seed), params as counts, latency in ms, speed-up as a ratio."""
+    `<col>_std` (empty for a single seed), params as counts, latency in ms, speed-up as a ratio,
+    student training in minutes per seed as recorded."""
     domains = list(dict.fromkeys(d for t in tables for d in t.domains))
     score_cols = [f"{d}_{s}" for d in [*domains, "avg"] for s in ("mean", "std")]
     columns = ["suite", "train_ratio", "preset", "method", "source", *score_cols,
-               "seeds", "params", "non_embedding_params", "latency_ms", "speedup"]
+               "seeds", "params", "non_embedding_params", "latency_ms", "speedup", "train_minutes"]
     records = [_csv_record(t, r) for t in tables for r in t.rows]
     df = pd.DataFrame(records, columns=columns)
     return df.astype({"seeds": "Int64", "params": "Int64", "non_embedding_params": "Int64"})
@@ -234,6 +237,7 @@ def _csv_record(table: Table, row: Row) -> dict[str, Any]:
         "non_embedding_params": None if row.non_embedding is None else round(row.non_embedding),
         "latency_ms": None if row.latency_ms is None else round(row.latency_ms, 4),
         "speedup": None if row.speedup is None else round(row.speedup, 4),
+        "train_minutes": None if row.train_minutes is None else round(row.train_minutes, 4),
     }
 
 

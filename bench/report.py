@@ -75,6 +75,7 @@ class Row:
     non_embedding: float | None = None
     latency_ms: float | None = None  # median batch-1 forward time
     speedup: float | None = None  # teacher median / student median, batch 1
+    train_minutes: float | None = None  # student training per seed, as recorded (teachers not counted)
 
     @property
     def label(self) -> str:
@@ -91,7 +92,7 @@ class Row:
 class Column:
     key: str  # a key of Row.scores (kind "score") or a Row attribute
     header: str
-    kind: str  # score, count, params, ms, ratio
+    kind: str  # score, count, params, ms, ratio, minutes
     best: str | None = None  # "max", "min", or None: not ranked
 
 
@@ -167,7 +168,8 @@ class Summary(Table):
     def columns(self) -> list[Column]:
         return [*(Column(d, d, "score", "max") for d in self.domains),
                 Column("seeds", "seeds", "count"),
-                Column("params", "params", "params", "min")]
+                Column("params", "params", "params", "min"),
+                Column("train_minutes", "student training (min per seed)", "minutes")]
 
 
 def summarize(tables: Sequence[Table]) -> list[Summary]:
@@ -178,19 +180,25 @@ def summarize(tables: Sequence[Table]) -> list[Summary]:
     for preset in dict.fromkeys(t.preset for t in tables):
         group = sorted((t for t in tables if t.preset == preset), key=lambda t: (t.suite, -t.train_ratio))
         columns = [t.suite if t.train_ratio == 1.0 else f"{t.suite} ({t.train_ratio:g} of train)" for t in group]
-        merged: dict[str, Row] = {}
+        parts: dict[str, list[tuple[str, Row]]] = {}
         for column, table in zip(columns, group):
             for row in table.rows:
-                if row.source != "measured":
-                    continue
-                into = merged.setdefault(row.method, Row(row.method, is_teacher=row.is_teacher))
-                into.scores[column] = row.scores.get("avg")
-                if row.seeds is not None:
-                    into.seeds = min(into.seeds or row.seeds, row.seeds)
-                into.params = into.params if into.params is not None else row.params
-        rows = sorted(merged.values(), key=lambda r: not r.is_teacher)  # stable: teachers first, then in order
+                if row.source == "measured":
+                    parts.setdefault(row.method, []).append((column, row))
+        rows = [_summary_row(method, found) for method, found in parts.items()]
+        rows.sort(key=lambda r: not r.is_teacher)  # stable: teachers first, then the methods in order
         summaries.append(Summary("summary", 1.0, preset, group[0].metric, columns, rows))
     return summaries
+
+
+def _summary_row(method: str, found: Sequence[tuple[str, Row]]) -> Row:
+    """One method's rows of several tables as one row: each table's average under its column; the
+    training time added up, unknown if any table lacks it."""
+    seeds = [r.seeds for _, r in found if r.seeds is not None]
+    minutes = [r.train_minutes for _, r in found]
+    return Row(method, is_teacher=found[0][1].is_teacher, scores={c: r.scores.get("avg") for c, r in found},
+               seeds=min(seeds) if seeds else None, params=next((r.params for _, r in found if r.params), None),
+               train_minutes=None if None in minutes else sum(minutes))
 
 
 # --- building tables from records ---------------------------------------------------------
@@ -223,7 +231,7 @@ def build_tables(records: Iterable[dict[str, Any]], suite: str | None, domain_or
         table = Table(suite_name, float(ratio), preset, metric, domains, rows, timing, _retimed(sub))
         if versus in set(sub["method.name"]):
             table.versus = versus
-            table.comparisons = _comparisons(sub, versus, [r.method for r in rows if r.ranked], domains, metric)
+            table.comparisons = _comparisons(sub, versus, {r.method: r for r in rows if r.ranked}, domains, metric)
         tables.append(table)
     if paper:
         _warn_unused_paper_columns(paper, tables)
@@ -292,14 +300,17 @@ def _method_row(method: str, df: pd.DataFrame, domains: list[str], metric: str) 
                non_embedding=_largest(df, "metrics.params.non_embedding"),
                # speed-up is the median of per-run ratios, each timed in one process, not the
                # ratio of two medians that may come from differently loaded moments
-               latency_ms=_median(df, STUDENT_LATENCY), speedup=_median(df, SPEEDUP))
+               latency_ms=_median(df, STUDENT_LATENCY), speedup=_median(df, SPEEDUP),
+               train_minutes=_train_minutes(df))
 
 
-def _comparisons(df: pd.DataFrame, versus: str, methods: Sequence[str], domains: list[str],
+def _comparisons(df: pd.DataFrame, versus: str, rows: Mapping[str, Row], domains: list[str],
                  metric: str) -> list[Versus]:
-    """`versus` against each of `methods`: the difference of their domain averages seed by seed,
-    over the seeds both ran on every domain, and the domains where `versus` leads on the means."""
+    """`versus` against each method of `rows` (the measured students): the difference of their domain
+    averages seed by seed, over the seeds both ran on every domain, and the domains where `versus`
+    leads on the means."""
     column = f"metrics.{metric}"
+    methods = list(rows)
     scores = {m: df[df["method.name"] == m].pivot_table(index="seed", columns="suite.domain", values=column)
               .reindex(columns=domains) for m in methods}
     ours = scores[versus]
@@ -309,8 +320,7 @@ def _comparisons(df: pd.DataFrame, versus: str, methods: Sequence[str], domains:
         paired = (ours - theirs).dropna()
         means = ours.mean() - theirs.mean()
         out.append(Versus(method, None if method == versus else Stat.of(paired.mean(axis=1)), len(paired),
-                          int((means > 0).sum()), int(means.notna().sum()),
-                          _train_minutes(df[df["method.name"] == method])))
+                          int((means > 0).sum()), int(means.notna().sum()), rows[method].train_minutes))
     return out
 
 

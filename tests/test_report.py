@@ -186,7 +186,7 @@ def test_csv_is_plain_numbers_one_row_per_method(new_store):
     assert list(df.index) == ["teacher", "finetune", "kd", "tiny"]
     assert list(df.columns) == ["suite", "train_ratio", "preset", "source", "books_mean", "books_std", "dvd_mean",
                                 "dvd_std", "avg_mean", "avg_std", "seeds", "params", "non_embedding_params",
-                                "latency_ms", "speedup"]
+                                "latency_ms", "speedup", "train_minutes"]
     kd = df.loc["kd"]
     assert kd["books_mean"] == 85.0 and kd["books_std"] == pytest.approx(50 ** 0.5, abs=1e-4)
     assert kd["avg_mean"] == 75.0 and kd["avg_std"] == 0.0 and kd["seeds"] == 2
@@ -472,10 +472,20 @@ def test_no_comparison_where_the_versus_method_did_not_run(old_store):
 
 # --- the summary (a paper's main table) ------------------------------------------------------
 
+def timed(rec, seconds):
+    rec["timings"] = {"train_seconds": seconds, "eval_seconds": 1.0}
+    return rec
+
+
 def test_the_summary_holds_each_tables_average_full_data_first(new_store, tmp_path, capsys):
     """A column per (suite, train ratio) of a preset, holding that table's avg cell; a paper's rows
-    are left out; the teacher leads; seeds are the fewest of the row's columns."""
-    store(new_store, [record("kd", d, 1, a, ratio=0.1, student_ms=10.0) for d, a in (("books", 0.6), ("dvd", 0.5))])
+    are left out; the teacher leads; seeds are the fewest of the row's columns; training minutes
+    add up over the columns, and are unknown where one column's runs did not record them."""
+    store(new_store, [timed(record("kd", d, 1, a, ratio=0.1, student_ms=10.0), 30.0)
+                      for d, a in (("books", 0.6), ("dvd", 0.5))])
+    store(new_store, [timed(record("tiny", d, 1, 0.6, ratio=0.1, student_ms=5.0), 6.0) for d in ("books", "dvd")])
+    store(new_store, [timed(record("tiny", d, 1, a, params=1_500_000, student_ms=5.0), 60.0)  # timed again
+                      for d, a in (("books", 0.4), ("dvd", 0.65))])
     store(new_store, [record("kd", d, 1, 0.7, preset="other", student_ms=10.0) for d in ("books", "dvd")])
     paper = tmp_path / "paper.csv"
     paper.write_text("method,books,dvd,avg\nkd (paper),90,80,85\n")
@@ -491,13 +501,16 @@ def test_the_summary_holds_each_tables_average_full_data_first(new_store, tmp_pa
     assert rows["kd"]["amazon"] == "75.0 ± 0.0" and rows["kd"]["amazon (0.1 of train)"] == "55.0"
     assert rows["kd"]["seeds"] == "1" and rows["finetune"]["amazon (0.1 of train)"] == "-"
     assert rows["teacher"]["amazon"] == "90.0" and rows["teacher"]["params"] == "4.0M"
-    assert bold == {("kd", "amazon"), ("tiny", "params")}  # a column with one student marks none
+    assert bold == {("kd", "amazon"), ("tiny", "amazon (0.1 of train)"), ("tiny", "params")}  # 60 > 55
+    # a run per domain: (60 + 60) s and (6 + 6) s a seed, 2.2 min; kd's full-data runs recorded no time
+    training = "student training (min per seed)"
+    assert rows["tiny"][training] == "2.2" and rows["kd"][training] == "-" and rows["teacher"][training] == "-"
     rows, _ = parse_markdown(text.split("### summary (other preset)")[1])
     assert rows["kd"]["amazon"] == "70.0"
     # the full tables print the domains as before; the summary's cells are their avg cells
     assert main(argv) == 0
     full, _ = parse_markdown(capsys.readouterr().out.split("### amazon (smoke preset)")[1])
-    assert full["kd"]["avg"] == "75.0 ± 0.0"
+    assert full["kd"]["avg"] == "75.0 ± 0.0" and full["tiny"]["avg"] == "52.5"
 
 
 def test_the_page_opens_with_the_summary_only_where_a_preset_has_several_tables(new_store, tmp_path, capsys):

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 FIGSIZE = (6.4, 4.0)  # inches
 DPI = 120
+TEACHER_COLOUR = "0.45"  # grey, a shade no student gets
+TEACHER_MARKERS = ("s", "D", "^", "v")  # a table's teacher rows often share one latency: told apart by shape
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -67,19 +69,24 @@ def plot_accuracy_latency(table: Table, path: Path) -> Path | None:
         log.warning("%s: %s left out of %s (no latency or no average)", table.name, ", ".join(left_out), path.name)
     fig = _figure()
     ax = fig.add_subplot()
-    for x, y, row in points:
-        ax.scatter([x], [y], zorder=3, **_style(row))
-        ax.annotate(row.method, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    colours, teachers = _student_colours(table), 0
+    for x, y, row in points:  # a legend, not labels beside the points: close scores overlap
+        if row.is_teacher:
+            style = {"marker": TEACHER_MARKERS[teachers % len(TEACHER_MARKERS)], "color": TEACHER_COLOUR}
+            teachers += 1
+        else:
+            style = {"marker": "o", "color": colours[row.method]}
+        ax.scatter([x], [y], zorder=3, label=row.method, **style)
     front = pareto_front([(x, y) for x, y, _ in points])
     # post: a latency budget between two front points buys the score of the faster one
     ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="C3", linewidth=1,
             linestyle="--", label="Pareto front", zorder=2)
-    ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
+    ax.margins(x=0.1, y=0.1)
     ax.set_xlabel("batch-1 latency, median (ms)")
     ax.set_ylabel(f"average test {METRICS[table.metric]} (%)")
     ax.set_title(table.name, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 
@@ -92,14 +99,13 @@ def plot_domains(table: Table, path: Path) -> Path | None:
     fig = _figure()
     ax = fig.add_subplot()
     width = 0.8 / len(rows)
-    students = 0
+    colours = _student_colours(table)
     for i, row in enumerate(rows):
         stats = [row.scores.get(d) for d in table.domains]
         xs = [j - 0.4 + width * (i + 0.5) for j in range(len(table.domains))]
         ax.bar(xs, [math.nan if s is None else s.mean for s in stats], width,
                yerr=[math.nan if s is None or s.std is None else s.std for s in stats], capsize=2,
-               label=row.method, color="0.55" if row.is_teacher else _student_color(students))
-        students += not row.is_teacher
+               label=row.method, color=TEACHER_COLOUR if row.is_teacher else colours[row.method])
     ax.set_xticks(range(len(table.domains)), table.domains)
     ax.set_ylabel(f"test {METRICS[table.metric]} (%)")
     ax.set_ylim(_floor(rows, table.domains), 100)
@@ -126,8 +132,11 @@ def _student_color(i: int):
     return colormaps["tab20"](shades[i % len(shades)])
 
 
-def _style(row: Row) -> dict[str, Any]:
-    return {"marker": "s", "color": "0.35"} if row.is_teacher else {"marker": "o", "color": "C0"}
+def _student_colours(table: Table) -> dict[str, Any]:
+    """A colour per measured student, by its place in the table, so that a method has the same
+    colour in both plots of a table."""
+    students = [r.method for r in table.rows if r.source == "measured" and not r.is_teacher]
+    return {method: _student_color(i) for i, method in enumerate(students)}
 
 
 def _figure():

@@ -388,7 +388,8 @@ def _report_command(args) -> str:
     import shlex
 
     words = ["python", "-m", "bench", "report"] + [w for d in args.results_dirs for w in ("--results-dir", d)]
-    for flag, value in (("--suite", args.suite), ("--paper", args.paper), ("--plots", args.plots)):
+    for flag, value in (("--suite", args.suite), ("--paper", args.paper), ("--plots", args.plots),
+                        ("--ratios", args.ratios)):
         if value is not None:
             words += [flag, value]
     if args.metric != "accuracy":
@@ -445,7 +446,10 @@ def cmd_report(args) -> int:
             from bench.plots import existing_plots
 
             plots = existing_plots(tables, link_base / "plots")
-        written.append(write_page(args.write, tables, _report_command(args), link_base, plots))
+        from bench.traces import drawn_ratio_plots
+
+        ratios = drawn_ratio_plots(iter_results(*args.results_dirs), tables, args.ratios or link_base / "plots")
+        written.append(write_page(args.write, tables, _report_command(args), link_base, plots, ratios))
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -9,12 +9,13 @@ PNG per training: a row of panels per layer, domains against steps. The domains 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
 from bench.plots import DPI, _save
+from bench.report import Table
 
 
 def ratio_traces(records: Iterable[dict[str, Any]], suite: str | None = None) -> dict[str, dict[str, Any]]:
@@ -29,6 +30,20 @@ def ratio_traces(records: Iterable[dict[str, Any]], suite: str | None = None) ->
         name = r["suite"]["name"] + (f"-r{ratio:g}" if ratio < 1.0 else "")
         stem = f"{name}-{r['preset']}-{r['method']['label']}-seed{r['seed']}-ratios"
         out.setdefault(stem.replace("/", "_"), r)
+    return out
+
+
+def drawn_ratio_plots(records: Iterable[dict[str, Any]], tables: Sequence[Table],
+                      out_dir: str | Path) -> dict[str, list[tuple[str, Path]]]:
+    """The heatmaps an earlier `--ratios out_dir` drew of these tables' trainings, as (method and
+    seed, path) by table slug, for the page to link."""
+    slugs = {(t.suite, t.train_ratio, t.preset): t.slug for t in tables}
+    out: dict[str, list[tuple[str, Path]]] = {}
+    for stem, r in sorted(ratio_traces(records).items()):
+        slug = slugs.get((r["suite"]["name"], float(r["suite"].get("train_ratio", 1.0)), r["preset"]))
+        path = Path(out_dir) / f"{stem}.png"
+        if slug is not None and path.is_file():
+            out.setdefault(slug, []).append((f"{r['method']['label']} seed {r['seed']}", path))
     return out
 
 

@@ -40,3 +40,18 @@ def test_report_ratios_from_the_store(tmp_path, capsys):
 def test_a_store_without_traces_says_what_to_run(tmp_path):
     with pytest.raises(BenchError, match="no result in the store traced domain ratios"):
         write_ratio_plots([record("kd", "books")], tmp_path)
+
+
+def test_the_page_links_the_heatmaps_drawn_beside_the_store(tmp_path, capsys):
+    """Named links under their table, relative to the page's folder; none for a table whose
+    trainings traced nothing, and none before `--ratios` has drawn them."""
+    root = store(tmp_path / "runs", [traced("books"), traced("dvd"), record("kd", "books", preset="other")])
+    assert main(["report", "--results-dir", str(root), "--write", str(tmp_path / "before.md")]) == 0
+    assert "Domain ratios" not in (tmp_path / "before.md").read_text()
+    assert main(["report", "--results-dir", str(root), "--ratios", str(tmp_path / "plots")]) == 0
+    assert main(["report", "--results-dir", str(root), "--write", str(tmp_path / "page.md")]) == 0
+    page = (tmp_path / "page.md").read_text()
+    assert page.count("Domain ratios per layer over training:") == 1
+    smoke = page.split("## amazon (smoke preset)")[1]
+    assert "Domain ratios per layer over training: [graphkd seed 1](plots/amazon-smoke-graphkd-seed1-ratios.png)." \
+        in smoke

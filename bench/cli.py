@@ -421,7 +421,8 @@ def cmd_report(args) -> int:
     known = {d for name, domains in orders.items() if args.suite in (None, name) for d in domains}
     paper = read_paper(args.paper, known) if args.paper else None
     args.results_dirs = args.results_dirs or [DEFAULT_RESULTS_DIR]
-    tables = build_tables(iter_results(*args.results_dirs), args.suite, orders, paper=paper, metric=args.metric,
+    records = list(iter_results(*args.results_dirs))  # read once: the tables, heatmaps and page use them
+    tables = build_tables(records, args.suite, orders, paper=paper, metric=args.metric,
                           versus=None if args.versus == "none" else args.versus)
     if args.versus not in ("hrkd", "none") and not any(t.versus for t in tables):  # a typo, not silence
         ran = sorted({r.method for t in tables for r in t.rows if r.ranked})
@@ -437,7 +438,7 @@ def cmd_report(args) -> int:
     if args.ratios:
         from bench.traces import write_ratio_plots
 
-        written += write_ratio_plots(iter_results(*args.results_dirs), args.ratios, args.suite)
+        written += write_ratio_plots(records, args.ratios, args.suite)
     if args.write:
         # Plot links are relative to the results dir's parent (results/ for results/runs), where
         # the page is meant to sit: a page written elsewhere to compare is then byte-identical.
@@ -448,7 +449,7 @@ def cmd_report(args) -> int:
             plots = existing_plots(tables, link_base / "plots")
         from bench.traces import drawn_ratio_plots
 
-        ratios = drawn_ratio_plots(iter_results(*args.results_dirs), tables, args.ratios or link_base / "plots")
+        ratios = drawn_ratio_plots(records, tables, args.ratios or link_base / "plots")
         written.append(write_page(args.write, tables, _report_command(args), link_base, plots, ratios))
     for path in written:
         print(f"wrote {path}", file=sys.stderr)

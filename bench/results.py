@@ -55,7 +55,9 @@ from bench.errors import BenchError
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-DEFAULT_RESULTS_DIR = "results/runs"
+# Where a run writes when no --results-dir is named: a folder git ignores, so a fresh clone's run
+# trains. The committed comparison (results/runs) is written only by commands that name it (make grid).
+DEFAULT_RESULTS_DIR = "outputs/runs"
 
 
 @dataclass(frozen=True)

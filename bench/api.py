@@ -257,6 +257,14 @@ class Distiller:
         in its parameters and never shipped with it."""
         return None
 
+    def mapped_layers(self) -> dict[int, int] | None:
+        """Each student layer the method distils into, with the teacher layer it learns from
+        (1-based; the embeddings, 0 to 0, are left implicit), once `extra_modules` has seen both
+        models; recorded with every result. By default read from `self.teacher_layers`, the teacher
+        layer of student layers 1..k; None: the method maps no layers."""
+        layers = getattr(self, "teacher_layers", None)
+        return None if layers is None else dict(enumerate(layers, start=1))
+
     def loss(
         self,
         batch: Batch,

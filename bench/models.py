@@ -63,6 +63,25 @@ class ModelSpec:
         text = self.ref if self.init != "random" or self.ref.startswith("random:") else f"{self.ref} (random init)"
         return f"{text} layers {','.join(map(str, self.layers))}" if self.layers else text
 
+    def copied_teacher_layers(self, teacher: ModelSpec) -> tuple[int, ...] | None:
+        """The teacher layer (1-based) each layer of this student starts as a copy of, when it is cut
+        from the teacher's own pretrained model; None otherwise (its layers copy none of the teacher's)."""
+        if self.init != "truncate" or not self.layers or self.ref != teacher.ref or teacher.init != "pretrained":
+            return None
+        return tuple(i + 1 for i in self.layers)
+
+
+def misaligned_layers(student: ModelSpec, teacher: ModelSpec,
+                      mapped: dict[int, int] | None) -> list[tuple[int, int, int]]:
+    """(student layer, the teacher layer it is a copy of, the teacher layer it is mapped to) for each
+    mapped layer of a student cut from its teacher that starts as another layer than its target: its
+    intermediate losses start large and swamp the prediction loss (METHODS.md, docs/SETTINGS.md)."""
+    copied = student.copied_teacher_layers(teacher)
+    if copied is None or not mapped:
+        return []
+    return [(m, copied[m - 1], g) for m, g in sorted(mapped.items())
+            if 1 <= m <= len(copied) and copied[m - 1] != g]
+
 
 def _resolve_pkg(name: str) -> str:
     if name not in PACKAGED:

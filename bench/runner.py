@@ -34,6 +34,7 @@ from bench.api import (
     TeacherObjective,
 )
 from bench.checkpoint import Checkpoint, remove_folder
+from bench.convergence import convergence
 from bench.data import MultiDomainLoader, make_loader, tokenize
 from bench.errors import BenchError, unknown_name
 from bench.failures import Failure, clear_failure, record_failure
@@ -41,11 +42,12 @@ from bench.jobs import Job, grid_jobs, shard_jobs
 from bench.locks import FileLock
 from bench.measure import measure_latency, param_counts
 from bench.memory import peak_rss_mib, release_free_heap, reset_peak_rss
-from bench.models import build_classifier, load_config, load_tokenizer
+from bench.models import build_classifier, load_config, load_tokenizer, misaligned_layers
 from bench.plugins import Registry, plugin_version
 from bench.precision import check_precision, with_precision
 from bench.presets import Preset
 from bench.results import SCHEMA_VERSION, RunKey, git_state, machine_info, now_utc, write_result
+from bench.significance import encode_labels
 from bench.step import StudentStep
 from bench.teacher_outputs import MODES as CACHE_MODES
 from bench.teacher_outputs import CachedTeacher, TeacherOutputCache, cache_identity, rows_digest
@@ -725,7 +727,18 @@ class Runner:
 
     # -- runs ---------------------------------------------------------------------------
     def bind_teacher(self, distiller: Distiller, teacher: StoredTeacher) -> None:
-        """Hand the distiller what its teacher objective stored with the teacher (frozen)."""
+        """Hand the distiller what its teacher objective stored with the teacher (frozen), after a
+        warning if the student's mapped layers start as copies of other teacher layers than their
+        targets."""
+        p = self.grid.preset
+        if off := misaligned_layers(p.student, p.teacher, distiller.mapped_layers()):
+            copies = ", ".join(str(c) for _, c, _ in off)
+            targets = ", ".join(str(g) for _, _, g in off)
+            log.warning("%s maps student layers %s to teacher layers %s, but the student (%s) starts them as copies "
+                        "of teacher layers %s: its layer losses start large.\n  Cut the student from the layers the "
+                        "map targets (0-based: %s), or give %s the option layer_map [%s].", distiller.name,
+                        ", ".join(str(m) for m, _, _ in off), targets, p.student.describe(), copies,
+                        ", ".join(str(g - 1) for _, _, g in off), distiller.name, copies)
         objective = distiller.teacher_objective()
         if objective is None:
             return
@@ -885,7 +898,9 @@ class Runner:
                       "train_ratio": g.train_ratio, "sizes": data.sizes, "fingerprint": data.fingerprint,
                       "left_out": data.left_out, "trained_on": trained_on},
             "method": {"name": method.name, "label": g.label(method), "plugin": plugin,
-                       "config": _jsonable(vars(distiller.options)), "student_kind": distiller.student_kind},
+                       "config": _jsonable(vars(distiller.options)), "student_kind": distiller.student_kind,
+                       "layer_map": None if (mapped := distiller.mapped_layers()) is None
+                       else [[m, t] for m, t in sorted(mapped.items())]},
             "teacher": None if teacher is None else {
                 "ref": p.teacher.ref, "key": teacher.key, "kind": distiller.teacher_kind, "params": timing["params"],
                 "precision": g.teacher_precision, "cache": g.teacher_cache,
@@ -900,7 +915,10 @@ class Runner:
                       "examples": examples, "wall_seconds": round(wall, 3),
                       "examples_per_second": round(examples / wall, 2) if wall else None,
                       "selected_step": selection.step, "best_dev_accuracy": selection.dev_accuracy,
+                      **convergence(fits[-1].history, fits[-1].steps, key.domain if len(trained_on) > 1 else None),
                       "history": [h for f in fits for h in f.history]},
+            # per-example test predictions in the test set's row order, for paired significance tests
+            "test": {"predictions": encode_labels(preds), "labels": encode_labels(golds)},
             "metrics": metrics,
             # teacher time spent by this run: its training when it was trained for it, else 0
             "timings": {"teacher_seconds": teacher.info.get("wall_seconds") if teacher and teacher.trained_now

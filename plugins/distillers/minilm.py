@@ -87,7 +87,13 @@ class MiniLM(Distiller):
                     f"minilm relation_heads {o.relation_heads} does not divide the {side}'s width {config.hidden_size}",
                     "pick a number of relation heads that divides both widths, e.g. "
                     f"{_common_divisor(teacher_config.hidden_size, student_config.hidden_size)}")
+        self.last_layers = (student_config.num_hidden_layers, teacher_config.num_hidden_layers)
         return None
+
+    def mapped_layers(self):
+        """The student's last layer learns from the teacher's last."""
+        last = getattr(self, "last_layers", None)
+        return None if last is None else {last[0]: last[1]}
 
     def distill_losses(self, batch, student_out, teacher_out):
         """L_AT and L_VR on the last layers."""

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="save a training checkpoint every STEPS steps (default 100; 0: none)")
     run.add_argument("--option", dest="options", action="append", default=[], metavar="METHOD.KEY=VALUE",
                      help="a method option, e.g. kd.temperature=4 (repeatable; values as JSON, else text)")
+    run.add_argument("--student-layers", type=_layers, default=None, metavar="I,J,...",
+                     help="cut the preset's student from these layers of its model (0-based); stored and "
+                          "reported as a setting of its own, e.g. cpu[student-layers=0,2,4]")
     run.add_argument("--dry-run", action="store_true",
                      help="print the plan (teachers to train or reuse, runs, examples) and stop")
 
@@ -199,6 +202,26 @@ def parse_options(items: Sequence[str], methods: Sequence[str]) -> dict[str, dic
     return out
 
 
+def _layers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of layer numbers such as 0,2,4") from None
+
+
+def with_student_layers(preset, layers: tuple[int, ...]):
+    """The preset with its student cut from `layers` of the student's model: a setting of its own, named
+    after the preset and the cut, so its runs are stored and reported apart from the preset's."""
+    from dataclasses import replace
+
+    if preset.student.init == "random" and not preset.student.layers:
+        raise BenchError(f"the {preset.name} preset's student is not cut from a model",
+                         "use --student-layers with a preset whose student is a pretrained model")
+    init = "truncate" if preset.student.init == "pretrained" else preset.student.init
+    return replace(preset, name=f"{preset.name}[student-layers={','.join(map(str, layers))}]",
+                   student=replace(preset.student, init=init, layers=layers))
+
+
 def make_grid(args, registry, methods: Sequence[str]):
     """The grid a `run` or `teacher train` names, checked before anything trains."""
     from bench.api import DataConfig
@@ -209,6 +232,8 @@ def make_grid(args, registry, methods: Sequence[str]):
     suite = registry.suite(args.suite)
     distillers = [registry.distiller(m) for m in methods]
     preset = get_preset(args.preset or DEFAULT_PRESET)
+    if layers := getattr(args, "student_layers", None):
+        preset = with_student_layers(preset, layers)
     domains = args.domains or list(suite.domains)
     suite.check_domains(domains)
     data = DataConfig(resolve_data_dir(args.data_dir), skip_bad_rows=args.skip_bad_rows)
@@ -223,9 +248,10 @@ def make_grid(args, registry, methods: Sequence[str]):
 
 
 def cmd_run(args) -> int:
+    from bench.convergence import MIN_GAIN, describe, unconverged
     from bench.failures import failed_error
     from bench.plugins import get_registry
-    from bench.report import build_report
+    from bench.report import build_report, with_convergence
     from bench.results import iter_results
     from bench.runner import Runner
 
@@ -247,6 +273,11 @@ def cmd_run(args) -> int:
                and r["method"].get("label", r["method"]["name"]) in labels]
     if records:
         print(build_report(records, suite.name, {suite.name: suite.domains}, method_order=labels))
+    if late := unconverged([with_convergence(r) for r in records]):
+        log.warning("%d run(s) had not converged (mean dev accuracy of the last quarter of training at least %g point "
+                    "above the quarter before): %s.\n  Their scores are marked in the tables; give them more steps "
+                    "(the preset's student_train.epochs) before ranking them.", len(late), 100 * MIN_GAIN,
+                    "; ".join(describe(r) for r in late))
     if runner.failures:
         print(f"error: {failed_error(runner.failures)}", file=sys.stderr)
         return 1

@@ -13,10 +13,14 @@ from typing import Any
 
 import pandas as pd
 
+from bench.convergence import MIN_GAIN
 from bench.errors import BenchError
 from bench.report import FORMATS, METRICS, REPORTED_NOTE, Column, Row, Summary, Table, summarize
+from bench.significance import SIGNIFICANT
 
 log = logging.getLogger(__name__)
+
+UNCONVERGED_MARK = "‡"  # after a score some of whose runs had not converged
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,8 @@ class Markup:
 _LATEX = str.maketrans({
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "±": r"$\pm$", "×": r"$\times$", "†": r"\textsuperscript{\dag}", "−": r"$-$",
+    "±": r"$\pm$", "×": r"$\times$", "†": r"\textsuperscript{\dag}", "‡": r"\textsuperscript{\ddag}", "−": r"$-$",
+    "<": r"$<$",
 })
 
 MARKUP = {
@@ -91,21 +96,33 @@ def _grid(table: Table, markup: Markup) -> tuple[list[str], list[list[str]], lis
                 cells.append("-")
                 continue
             head, rest = (markup.escape(part) for part in _parts(column, value))
-            cells.append((markup.bold(head) if (i, column.key) in best else head) + rest)
+            late = column.kind == "score" and column.key in row.unconverged_in
+            late = markup.escape(UNCONVERGED_MARK) if late else ""
+            cells.append((markup.bold(head) if (i, column.key) in best else head) + rest + late)
         body.append(cells)
     headers = [markup.escape(h) for h in ["method", *(c.header for c in table.columns)]]
     return headers, body, [markup.escape(n) for n in _notes(table, bool(best))]
+
+
+def _unconverged_note(table: Table) -> list[str]:
+    if not table.unconverged:
+        return []
+    runs = "" if isinstance(table, Summary) else f" (points gained in brackets): {', '.join(table.unconverged)}"
+    return [f"{UNCONVERGED_MARK} {len(table.unconverged)} run(s) behind the cell had not converged: the mean dev "
+            f"accuracy of the last quarter of training was at least {100 * MIN_GAIN:g} point above the quarter "
+            f"before{runs}."]
 
 
 def _notes(table: Table, marked: bool) -> list[str]:
     if isinstance(table, Summary):
         return [f"Each column: a table's {METRICS[table.metric]} averaged over its domains, mean ± std over seeds "
                 "(that table gives each domain); bold: the best measured student per column, the teacher not "
-                "ranked; seeds: the fewest any of the row's columns holds. Student training: the runs' wall time "
-                "per seed as recorded, added over the columns, teachers not counted; runs that shared the machine "
-                "with other work took longer."]
+                "ranked; seeds: the fewest any of the row's columns holds; runs not converged: over all its "
+                "columns. Student training: the runs' wall time per seed as recorded, added over the columns, "
+                "teachers not counted; runs that shared the machine with other work took longer.",
+                *_unconverged_note(table)]
     reported = any(r.source == "reported" for r in table.rows)
-    notes = []
+    notes = _unconverged_note(table)
     if marked:
         others = "the teacher and † rows are" if reported else "the teacher is"
         notes.append(f"Bold: the best measured student in each column (highest {METRICS[table.metric]} and "
@@ -148,16 +165,20 @@ def _versus_grid(table: Table, markup: Markup) -> tuple[str, list[str], list[lis
         delta = "-" if c.delta is None else f"{c.delta.mean:+.1f}"
         if c.delta is not None and c.delta.std is not None:
             delta += f" ± {c.delta.std:.1f}"
+        p = "-" if c.p_value is None else escape(_p_value(c.p_value))
         body.append([escape(c.method), escape(delta), str(c.seeds),
                      "-" if c.method == ours else f"{c.leads} of {c.domains}",
+                     markup.bold(p) if c.p_value is not None and c.p_value < SIGNIFICANT else p,
                      "-" if c.train_minutes is None else f"{c.train_minutes:.1f}"])
-    headers = ["method", f"{ours} − method, avg (points)", "paired seeds", f"domains {ours} leads",
+    headers = ["method", f"{ours} − method, avg (points)", "paired seeds", f"domains {ours} leads", "p",
                "student training (min per seed)"]
     note = (f"{ours} − method: the difference of their {METRICS[table.metric]} averaged over the domains, taken "
             f"seed by seed over the seeds both ran on every domain: mean ± sample std over those seeds (no std "
-            f"for one seed). Domains {ours} leads: on each method's mean over its seeds. Student training: the "
-            "runs' wall time per seed as recorded, teachers not counted; runs that shared the machine with other "
-            "work took longer.")
+            f"for one seed). Domains {ours} leads: on each method's mean over its seeds. p: the paired "
+            "randomisation test (Dror et al. 2018), exact, over every test example of those seeds and domains "
+            f"pooled; bold: p < {SIGNIFICANT:g}; '-': no seed both ran, or a run kept no predictions. Student "
+            "training: the runs' wall time per seed as recorded, teachers not counted; runs that shared the "
+            "machine with other work took longer.")
     return escape(f"{table.name}: {ours} against each method"), [escape(h) for h in headers], body, escape(note)
 
 
@@ -168,6 +189,10 @@ def _versus_md(table: Table) -> list[str]:
         return []
     title, headers, body, note = grid
     return [f"### {title}", tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), note]
+
+
+def _p_value(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _render_latex(table: Table) -> str:
@@ -189,7 +214,7 @@ def _render_latex(table: Table) -> str:
     if (grid := _versus_grid(table, MARKUP["latex"])) is not None:
         title, headers, body, note = grid
         lines += [r"\begin{table}[t]", r"\centering", rf"\caption{{{title}}}", rf"\label{{tab:{table.slug}-versus}}",
-                  r"\begin{tabular}{lrrrr}", r"\toprule", " & ".join(headers) + r" \\", r"\midrule",
+                  r"\begin{tabular}{lrrrrr}", r"\toprule", " & ".join(headers) + r" \\", r"\midrule",
                   *(" & ".join(cells) + r" \\" for cells in body), r"\bottomrule", r"\end{tabular}",
                   r"\par\smallskip", r"{\footnotesize " + note + r"\par}", r"\end{table}"]
     return "\n".join(lines) + "\n"
@@ -218,10 +243,10 @@ def csv_frame(tables: Sequence[Table]) -> pd.DataFrame:
     domains = list(dict.fromkeys(d for t in tables for d in t.domains))
     score_cols = [f"{d}_{s}" for d in [*domains, "avg"] for s in ("mean", "std")]
     columns = ["suite", "train_ratio", "preset", "method", "source", *score_cols,
-               "seeds", "params", "non_embedding_params", "latency_ms", "speedup", "train_minutes"]
+               "seeds", "unconverged", "params", "non_embedding_params", "latency_ms", "speedup", "train_minutes"]
     records = [_csv_record(t, r) for t in tables for r in t.rows]
     df = pd.DataFrame(records, columns=columns)
-    return df.astype({"seeds": "Int64", "params": "Int64", "non_embedding_params": "Int64"})
+    return df.astype({"seeds": "Int64", "unconverged": "Int64", "params": "Int64", "non_embedding_params": "Int64"})
 
 
 def _csv_record(table: Table, row: Row) -> dict[str, Any]:
@@ -233,6 +258,7 @@ def _csv_record(table: Table, row: Row) -> dict[str, Any]:
         record[f"{key}_std"] = None if stat is None or stat.std is None else round(stat.std, 4)
     return record | {
         "seeds": row.seeds,
+        "unconverged": row.unconverged,
         "params": None if row.params is None else round(row.params),
         "non_embedding_params": None if row.non_embedding is None else round(row.non_embedding),
         "latency_ms": None if row.latency_ms is None else round(row.latency_ms, 4),

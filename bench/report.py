@@ -18,7 +18,9 @@ from typing import Any
 
 import pandas as pd
 
+from bench.convergence import convergence
 from bench.errors import BenchError
+from bench.significance import Paired, decode_labels, discordant, pooled
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ class Row:
     latency_ms: float | None = None  # median batch-1 forward time
     speedup: float | None = None  # teacher median / student median, batch 1
     train_minutes: float | None = None  # student training per seed, as recorded (teachers not counted)
+    unconverged: int | None = None  # runs behind the row whose dev curve had not flattened (bench.convergence)
+    unconverged_in: frozenset[str] = frozenset()  # the score keys (domains, "avg") those runs enter
 
     @property
     def label(self) -> str:
@@ -106,6 +110,10 @@ class Versus:
     leads: int  # domains where the versus method's mean over seeds is the higher
     domains: int
     train_minutes: float | None  # this method's student training per seed, as recorded (teachers not counted)
+    # the paired randomisation test (bench.significance) over every test example of those seeds and
+    # domains; None where a run lacks its predictions
+    p_value: float | None = None
+    examples: int = 0
 
 
 @dataclass
@@ -120,6 +128,7 @@ class Table:
     retimed: str | None = None  # the day of the `bench retime` sitting every latency comes from, or "mixed"
     versus: str | None = None  # the method compared with every other (`report --versus`), if it ran here
     comparisons: list[Versus] = field(default_factory=list)  # its own first, then the others in row order
+    unconverged: list[str] = field(default_factory=list)  # the runs whose training had not converged, described
 
     @property
     def name(self) -> str:
@@ -168,6 +177,7 @@ class Summary(Table):
     def columns(self) -> list[Column]:
         return [*(Column(d, d, "score", "max") for d in self.domains),
                 Column("seeds", "seeds", "count"),
+                Column("unconverged", "runs not converged", "count"),
                 Column("params", "params", "params", "min"),
                 Column("train_minutes", "student training (min per seed)", "minutes")]
 
@@ -187,7 +197,8 @@ def summarize(tables: Sequence[Table]) -> list[Summary]:
                     parts.setdefault(row.method, []).append((column, row))
         rows = [_summary_row(method, found) for method, found in parts.items()]
         rows.sort(key=lambda r: not r.is_teacher)  # stable: teachers first, then the methods in order
-        summaries.append(Summary("summary", 1.0, preset, group[0].metric, columns, rows))
+        summaries.append(Summary("summary", 1.0, preset, group[0].metric, columns, rows,
+                                 unconverged=[u for t in group for u in t.unconverged]))
     return summaries
 
 
@@ -196,9 +207,12 @@ def _summary_row(method: str, found: Sequence[tuple[str, Row]]) -> Row:
     training time added up, unknown if any table lacks it."""
     seeds = [r.seeds for _, r in found if r.seeds is not None]
     minutes = [r.train_minutes for _, r in found]
+    counts = [r.unconverged for _, r in found if r.unconverged is not None]
     return Row(method, is_teacher=found[0][1].is_teacher, scores={c: r.scores.get("avg") for c, r in found},
                seeds=min(seeds) if seeds else None, params=next((r.params for _, r in found if r.params), None),
-               train_minutes=None if None in minutes else sum(minutes))
+               train_minutes=None if None in minutes else sum(minutes),
+               unconverged=sum(counts) if counts else None,
+               unconverged_in=frozenset(c for c, r in found if r.unconverged))
 
 
 # --- building tables from records ---------------------------------------------------------
@@ -211,7 +225,7 @@ def build_tables(records: Iterable[dict[str, Any]], suite: str | None, domain_or
     compares it with each other measured method (`Table.comparisons`)."""
     if metric not in METRICS:
         raise BenchError(f"unknown report metric {metric!r}", f"use one of: {', '.join(METRICS)}")
-    df = to_frame(records)
+    df = to_frame(with_convergence(r) for r in records)
     if df.empty:
         raise BenchError("the results dir holds no results", "run `python -m bench run ...` first")
     if suite is not None:
@@ -228,7 +242,8 @@ def build_tables(records: Iterable[dict[str, Any]], suite: str | None, domain_or
         reported = [replace(r, scores=dict(r.scores)) for r in paper or []]
         rows = _measured_rows(sub, domains, metric, method_order) + reported
         timing = _timing(sub, f"{suite_name}/{preset}")
-        table = Table(suite_name, float(ratio), preset, metric, domains, rows, timing, _retimed(sub))
+        table = Table(suite_name, float(ratio), preset, metric, domains, rows, timing, _retimed(sub),
+                      unconverged=_unconverged(sub))
         if versus in set(sub["method.name"]):
             table.versus = versus
             table.comparisons = _comparisons(sub, versus, {r.method: r for r in rows if r.ranked}, domains, metric)
@@ -238,9 +253,33 @@ def build_tables(records: Iterable[dict[str, Any]], suite: str | None, domain_or
     return tables
 
 
+def with_convergence(record: dict[str, Any]) -> dict[str, Any]:
+    """A record with `train.converged`: records written before it was recorded get it from their dev
+    history, judged as a run does on its last stage (the entries after the last restart of the step
+    count; a stage's last evaluation is at its last step)."""
+    train = record.get("train") or {}
+    history = train.get("history")
+    if "converged" in train or not history:
+        return record
+    starts = [i for i in range(1, len(history)) if history[i]["step"] <= history[i - 1]["step"]]
+    last_stage = history[starts[-1] if starts else 0:]
+    trained_on = record["suite"].get("trained_on") or []
+    judged = convergence(last_stage, last_stage[-1]["step"], record["suite"]["domain"] if len(trained_on) > 1 else None)
+    return {**record, "train": {**train, **judged}}
+
+
+def _unconverged(df: pd.DataFrame) -> list[str]:
+    if "train.converged" not in df:
+        return []
+    late = df[df["train.converged"].eq(False)].sort_values(["method.name", "suite.domain", "seed"])
+    return [f"{m} {d} seed {s} (+{g:.1f})" for m, d, s, g in
+            late[["method.name", "suite.domain", "seed", "train.last_quarter_gain"]].itertuples(index=False)]
+
+
 def _with_columns(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Older records lack the newer fields: give them empty columns, so they render as "-"."""
     needed = [f"metrics.{metric}", f"teacher.test_{metric}", "teacher.key", STUDENT_LATENCY, TEACHER_LATENCY,
+              "train.converged", "test.predictions", "test.labels",
               SPEEDUP, *(f"{p}.params.{k}" for p in ("metrics", "teacher") for k in ("total", "non_embedding")),
               *(f"{p}.latency.{k}" for p in ("metrics", "teacher") for k in TIMING_FIELDS)]
     missing = {c: float("nan") for c in needed if c not in df}
@@ -292,6 +331,9 @@ def _method_row(method: str, df: pd.DataFrame, domains: list[str], metric: str) 
     column = f"metrics.{metric}"
     pivot = df.pivot_table(index="seed", columns="suite.domain", values=column)
     average = pivot.reindex(columns=list(domains)).dropna().mean(axis=1).tolist()
+    late = df["train.converged"].eq(False)
+    known = df["train.converged"].notna().any()
+    late_domains = set(df.loc[late, "suite.domain"])
     return Row(method,
                scores={**{d: Stat.of(df.loc[df["suite.domain"] == d, column]) for d in domains},
                        "avg": Stat.of(average)},
@@ -301,14 +343,15 @@ def _method_row(method: str, df: pd.DataFrame, domains: list[str], metric: str) 
                # speed-up is the median of per-run ratios, each timed in one process, not the
                # ratio of two medians that may come from differently loaded moments
                latency_ms=_median(df, STUDENT_LATENCY), speedup=_median(df, SPEEDUP),
-               train_minutes=_train_minutes(df))
+               train_minutes=_train_minutes(df), unconverged=int(late.sum()) if known else None,
+               unconverged_in=frozenset(late_domains | ({"avg"} if late_domains else set())))
 
 
 def _comparisons(df: pd.DataFrame, versus: str, rows: Mapping[str, Row], domains: list[str],
                  metric: str) -> list[Versus]:
     """`versus` against each method of `rows` (the measured students): the difference of their domain
-    averages seed by seed, over the seeds both ran on every domain, and the domains where `versus`
-    leads on the means."""
+    averages seed by seed, over the seeds both ran on every domain, the domains where `versus` leads
+    on the means, and the paired randomisation test over every test example of those seeds."""
     column = f"metrics.{metric}"
     methods = list(rows)
     scores = {m: df[df["method.name"] == m].pivot_table(index="seed", columns="suite.domain", values=column)
@@ -319,9 +362,34 @@ def _comparisons(df: pd.DataFrame, versus: str, rows: Mapping[str, Row], domains
         theirs = scores[method]
         paired = (ours - theirs).dropna()
         means = ours.mean() - theirs.mean()
+        test = None if method == versus else _paired_test(df, versus, method, list(paired.index), domains)
         out.append(Versus(method, None if method == versus else Stat.of(paired.mean(axis=1)), len(paired),
-                          int((means > 0).sum()), int(means.notna().sum()), rows[method].train_minutes))
+                          int((means > 0).sum()), int(means.notna().sum()), rows[method].train_minutes,
+                          None if test is None else test.p_value, 0 if test is None else test.examples))
     return out
+
+
+def _paired_test(df: pd.DataFrame, ours: str, theirs: str, seeds: Sequence[int],
+                 domains: Sequence[str]) -> Paired | None:
+    """Both methods' test predictions on every (domain, seed) of `seeds`, pooled into one paired
+    comparison; None when a run lacks its predictions (written before they were recorded)."""
+    runs = df.set_index(["method.name", "suite.domain", "seed"])
+    pairs = []
+    for domain in domains:
+        for seed in seeds:
+            a, b = runs.loc[(ours, domain, seed)], runs.loc[(theirs, domain, seed)]
+            if isinstance(a, pd.DataFrame) or isinstance(b, pd.DataFrame):
+                raise BenchError(f"{ours} or {theirs} has several results for {domain} seed {seed} in one table",
+                                 "keep one result per run in the results dirs")
+            if not isinstance(a["test.predictions"], (str, list)) or not isinstance(b["test.predictions"], (str, list)):
+                return None
+            labels = decode_labels(a["test.labels"])
+            if labels != decode_labels(b["test.labels"]):
+                raise BenchError(f"{ours} and {theirs} were tested on different labels for {domain} seed {seed}",
+                                 "compare runs of one suite version and data (their suite.fingerprint)")
+            pairs.append(discordant(decode_labels(a["test.predictions"]), decode_labels(b["test.predictions"]),
+                                    labels))
+    return pooled(pairs) if pairs else None
 
 
 def _train_minutes(df: pd.DataFrame) -> float | None:

@@ -2,10 +2,12 @@
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
 from bench.cli import main
+from bench.significance import decode_labels
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def test_one_result_file_per_method_and_domain(smoke_run):
     kd = files["amazon/smoke/kd/books/seed1.json"]
     assert kd["suite"]["sizes"] == {"train": 48, "dev": 16, "test": 16}
     assert kd["method"] == {"name": "kd", "label": "kd", "plugin": "bench_plugins.distillers.kd",
-                            "config": {"temperature": 2.0, "alpha": 0.5}, "student_kind": "single"}
+                            "config": {"temperature": 2.0, "alpha": 0.5}, "student_kind": "single", "layer_map": None}
     assert kd["suite"]["trained_on"] == ["books"] and kd["teacher"]["kind"] == "single"
     assert kd["teacher"]["ref"] == "random:tiny" and len(kd["teacher"]["key"]) == 20
     assert 0.0 <= kd["metrics"]["accuracy"] <= 1.0
@@ -47,6 +49,52 @@ def test_one_result_file_per_method_and_domain(smoke_run):
     assert kd["train"]["steps"] == 12 and kd["train"]["selected_step"] in (3, 6, 9, 12)
     assert kd["machine"]["world_size"] == 1
     assert files["amazon/smoke/finetune/books/seed1.json"]["teacher"] is None
+
+
+def test_a_result_keeps_its_test_predictions_and_whether_it_converged(smoke_run):
+    """The predictions, in the test set's row order, give the recorded accuracy; convergence is judged on the
+    run's dev history (12 steps, evaluated every 3: step 9 against step 12)."""
+    for record in read_all(smoke_run[1]).values():
+        preds, labels = (decode_labels(record["test"][k]) for k in ("predictions", "labels"))
+        assert len(preds) == len(labels) == record["suite"]["sizes"]["test"]
+        assert sum(p == y for p, y in zip(preds, labels)) / len(labels) == record["metrics"]["accuracy"]
+        history = record["train"]["history"]
+        assert [h["step"] for h in history] == [3, 6, 9, 12]
+        gain = history[3]["dev_accuracy"] - history[2]["dev_accuracy"]
+        assert record["train"]["converged"] is (gain < 0.01)
+        assert record["train"]["last_quarter_gain"] == round(100 * gain, 2)
+
+
+def test_a_run_writes_where_git_ignores_unless_told(tmp_path):
+    """A fresh clone's `bench run` trains instead of finding the committed comparison's results."""
+    import subprocess
+
+    from bench.results import DEFAULT_RESULTS_DIR
+
+    repo = Path(__file__).resolve().parent.parent
+    if not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(["git", "check-ignore", "-q", f"{DEFAULT_RESULTS_DIR}/mnli/cpu/kd/fiction/seed1.json"],
+                             cwd=repo)
+    assert ignored.returncode == 0
+    assert not DEFAULT_RESULTS_DIR.startswith("results/")
+
+
+def test_student_layers_make_a_setting_of_their_own(tmp_path, data_dir, capsys):
+    """`--student-layers` cuts the student elsewhere: the runs are planned under their own preset name, with the
+    same teachers (a teacher does not depend on its students)."""
+    argv = ["run", "--methods", "kd", "--suite", "amazon", "--domains", "books", "--dry-run",
+            "--results-dir", str(tmp_path), "--data-dir", str(data_dir)]
+    assert main(argv) == 0
+    plain = capsys.readouterr().out.splitlines()
+    assert main(argv + ["--student-layers", "0,2,4"]) == 0
+    cut = capsys.readouterr().out.splitlines()
+    assert plain[0].endswith("student pkg:all-MiniLM-L6-v2 layers 1,3,5")
+    assert cut[0].startswith("preset cpu[student-layers=0,2,4]:") and cut[0].endswith("layers 0,2,4")
+    assert plain[2:] == cut[2:]  # the same teacher key, the same runs
+    with pytest.raises(SystemExit) as bad:
+        main(argv + ["--student-layers", "0,x"])
+    assert bad.value.code == 2 and "is not a list of layer numbers" in capsys.readouterr().err
 
 
 def test_report_shows_both_methods_and_all_domains(smoke_run, capsys):

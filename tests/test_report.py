@@ -3,6 +3,7 @@ records written here: nothing is trained."""
 
 import io
 import logging
+import math
 import os
 import re
 import struct
@@ -16,7 +17,8 @@ from bench.cli import main
 from bench.errors import BenchError
 from bench.paper import read_paper
 from bench.plots import pareto_front, write_plots
-from bench.report import build_report, build_tables
+from bench.render import render
+from bench.report import build_report, build_tables, summarize, with_convergence
 from bench.results import SCHEMA_VERSION, RunKey, iter_results, write_result
 
 ORDERS = {"amazon": ("books", "dvd", "electronics")}
@@ -185,12 +187,13 @@ def test_csv_is_plain_numbers_one_row_per_method(new_store):
     df = pd.read_csv(io.StringIO(text)).set_index("method")
     assert list(df.index) == ["teacher", "finetune", "kd", "tiny"]
     assert list(df.columns) == ["suite", "train_ratio", "preset", "source", "books_mean", "books_std", "dvd_mean",
-                                "dvd_std", "avg_mean", "avg_std", "seeds", "params", "non_embedding_params",
-                                "latency_ms", "speedup", "train_minutes"]
+                                "dvd_std", "avg_mean", "avg_std", "seeds", "unconverged", "params",
+                                "non_embedding_params", "latency_ms", "speedup", "train_minutes"]
     kd = df.loc["kd"]
     assert kd["books_mean"] == 85.0 and kd["books_std"] == pytest.approx(50 ** 0.5, abs=1e-4)
     assert kd["avg_mean"] == 75.0 and kd["avg_std"] == 0.0 and kd["seeds"] == 2
     assert kd["params"] == 2_000_000 and kd["latency_ms"] == 10.5
+    assert pd.isna(kd["unconverged"])  # one evaluation at the last step: convergence unknown, not 0
     assert kd["speedup"] == pytest.approx((40 / 11 + 40 / 10) / 2, abs=1e-4)
     assert pd.isna(df.loc["finetune", "books_std"])  # one seed: no std, not 0
     assert pd.isna(df.loc["teacher", "seeds"]) and df.loc["teacher", "speedup"] == 1.0
@@ -439,7 +442,7 @@ def test_a_method_is_compared_with_each_other_seed_by_seed(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "### amazon (smoke preset): hrkd against each method" in text
     kd_line = next(line for line in text.splitlines() if line.startswith("| kd ") and "of" in line)
-    assert [c.strip() for c in kd_line.split("|")[1:-1]] == ["kd", "+2.5 ± 2.1", "2", "1 of 2", "4.0"]
+    assert [c.strip() for c in kd_line.split("|")[1:-1]] == ["kd", "+2.5 ± 2.1", "2", "1 of 2", "-", "4.0"]
     assert main(["report", "--results-dir", str(root), "--versus", "none"]) == 0
     assert "against each method" not in capsys.readouterr().out
     assert main(["report", "--results-dir", str(root), "--versus", "kd", "--write", str(tmp_path / "page.md")]) == 0
@@ -455,12 +458,12 @@ def test_a_method_is_compared_with_each_other_seed_by_seed(tmp_path, capsys):
     assert r"\caption{amazon (smoke preset): hrkd against each method}" in latex
     assert r"\label{tab:amazon-smoke-versus}" in latex
     assert r"hrkd $-$ method, avg (points)" in latex  # no bare U+2212, which pdflatex refuses
-    assert r"kd & +2.5 $\pm$ 2.1 & 2 & 1 of 2 & 4.0 \\" in latex
+    assert r"kd & +2.5 $\pm$ 2.1 & 2 & 1 of 2 & - & 4.0 \\" in latex
     assert latex.count(r"\begin{table}") == latex.count(r"\end{table}") == 2 and "−" not in latex
     assert main(["report", "--results-dir", str(root), "--format", "html"]) == 0
     page = capsys.readouterr().out
     assert "<h3>amazon (smoke preset): hrkd against each method</h3>" in page
-    assert "<tr><td>kd</td><td>+2.5 ± 2.1</td><td>2</td><td>1 of 2</td><td>4.0</td></tr>" in page
+    assert "<tr><td>kd</td><td>+2.5 ± 2.1</td><td>2</td><td>1 of 2</td><td>-</td><td>4.0</td></tr>" in page
     assert main(["report", "--results-dir", str(root), "--format", "latex", "--versus", "none"]) == 0
     assert "against each method" not in capsys.readouterr().out
 
@@ -523,3 +526,205 @@ def test_the_page_opens_with_the_summary_only_where_a_preset_has_several_tables(
     assert headings == ["## summary (smoke preset): test accuracy (%), the average over each suite's domains",
                         "## amazon (smoke preset, 0.1 of train): test accuracy (%)",
                         "## amazon (smoke preset): test accuracy (%)"]
+
+
+# --- runs that had not converged ------------------------------------------------------------
+
+def converged(rec, flag, gain):
+    """`rec` with its training's convergence recorded, as `bench run` writes it."""
+    rec["train"] |= {"converged": flag, "last_quarter_gain": gain}
+    return rec
+
+
+RISING = [{"step": s, "dev_accuracy": a} for s, a in
+          ((25, 0.50), (50, 0.60), (60, 0.70), (70, 0.72), (80, 0.74), (90, 0.76), (100, 0.78))]
+
+
+def test_a_run_that_had_not_converged_marks_its_cells_and_the_summary_counts_it(tmp_path, capsys):
+    """kd books seed 2 gained 2.46 points in its last quarter: kd's books cell and average get ‡, a
+    footnote names the run; the few-shot table's kd dvd seed 1 too; the summary counts both."""
+    runs = [converged(record("kd", d, seed, a), (d, seed) != ("books", 2), 2.46 if (d, seed) == ("books", 2) else 0.2)
+            for seed, accs in ((1, (0.80, 0.70)), (2, (0.90, 0.60))) for d, a in zip(("books", "dvd"), accs)]
+    runs += [converged(record("finetune", d, 1, a), True, -0.3) for d, a in zip(("books", "dvd"), (0.5, 0.75))]
+    runs += [converged(record("kd", d, 1, a, ratio=0.1), d == "books", 1.5 if d == "dvd" else 0.0)
+             for d, a in (("books", 0.6), ("dvd", 0.5))]
+    root = store(tmp_path / "r", runs)
+    few, full = build_tables(iter_results(root), None, ORDERS)
+    assert full.unconverged == ["kd books seed 2 (+2.5)"] and few.unconverged == ["kd dvd seed 1 (+1.5)"]
+    teacher, finetune, kd = full.rows
+    assert (kd.unconverged, kd.unconverged_in) == (1, frozenset({"books", "avg"}))
+    assert (finetune.unconverged, finetune.unconverged_in) == (0, frozenset())
+    assert (teacher.unconverged, teacher.unconverged_in) == (None, frozenset())
+
+    text = render(full)
+    rows, bold = parse_markdown(text)
+    assert rows["kd"]["books"] == "85.0 ± 7.1‡" and rows["kd"]["avg"] == "75.0 ± 0.0‡"
+    assert rows["kd"]["dvd"] == "65.0 ± 7.1"  # both dvd runs had converged
+    assert "| **85.0** ± 7.1‡ " in text and ("kd", "books") in bold  # the mark follows the whole cell
+    assert [rows[m][c] for m in ("teacher", "finetune") for c in ("books", "dvd", "avg")] == \
+        ["90.0", "90.0", "90.0", "50.0", "75.0", "62.5"]
+    assert ("‡ 1 run(s) behind the cell had not converged: the mean dev accuracy of the last quarter of training "
+            "was at least 1 point above the quarter before (points gained in brackets): kd books seed 2 (+2.5).") \
+        in text.splitlines()
+    assert text.count("‡") == 3  # two cells and the footnote
+    latex = render(full, "latex")
+    assert r"\textbf{85.0} $\pm$ 7.1\textsuperscript{\ddag}" in latex and "‡" not in latex
+    df = pd.read_csv(io.StringIO(render(full, "csv"))).set_index("method")
+    assert df.loc["kd", "unconverged"] == 1 and df.loc["finetune", "unconverged"] == 0
+    assert pd.isna(df.loc["teacher", "unconverged"])
+
+    [summary] = summarize([few, full])
+    assert {r.method: r.unconverged for r in summary.rows} == {"teacher": None, "finetune": 0, "kd": 2}
+    assert main(["report", "--results-dir", str(root), "--summary"]) == 0
+    text = capsys.readouterr().out
+    rows, _ = parse_markdown(text)
+    assert rows["kd"]["runs not converged"] == "2" and rows["finetune"]["runs not converged"] == "0"
+    assert rows["teacher"]["runs not converged"] == "-"
+    assert rows["kd"]["amazon"] == "75.0 ± 0.0‡" and rows["kd"]["amazon (0.1 of train)"] == "55.0‡"
+    assert rows["finetune"]["amazon"] == "62.5"
+    assert ("‡ 2 run(s) behind the cell had not converged: the mean dev accuracy of the last quarter of training "
+            "was at least 1 point above the quarter before.") in text.splitlines()
+
+
+def test_records_written_before_convergence_was_recorded_get_it_from_their_dev_history(tmp_path):
+    rising = record("kd", "dvd", 1, 0.7)
+    rising["train"] = {"steps": 100, "history": RISING}
+    judged = with_convergence(rising)
+    # (0.74 + 0.76 + 0.78) / 3 - (0.70 + 0.72) / 2 = 5 points
+    assert judged["train"]["converged"] is False and judged["train"]["last_quarter_gain"] == 5.0
+    assert judged["train"]["history"] == RISING and "converged" not in rising["train"]  # a copy, not an edit
+    recorded = converged(record("kd", "dvd", 2, 0.7), True, 0.4)
+    recorded["train"] = {**recorded["train"], "steps": 100, "history": RISING}
+    assert with_convergence(recorded) is recorded  # what the run recorded stands
+    no_history = record("kd", "dvd", 3, 0.7)
+    no_history["train"] = {"steps": 100}
+    assert with_convergence(no_history) is no_history
+    # a joint training is judged on the record's own domain: books flat, dvd rising
+    joint = record("hrkd", "books", 1, 0.8)
+    joint["suite"]["trained_on"] = ["books", "dvd"]
+    joint["train"] = {"steps": 100, "history": [
+        {"step": e["step"], "dev_accuracy": (0.8 + e["dev_accuracy"]) / 2,
+         "dev": {"books": 0.8, "dvd": e["dev_accuracy"]}} for e in RISING]}
+    assert with_convergence(joint)["train"] | {"history": None} == {
+        "steps": 100, "history": None, "converged": True, "last_quarter_gain": 0.0}
+    joint_dvd = {**joint, "suite": {**joint["suite"], "domain": "dvd"}}
+    assert with_convergence(joint_dvd)["train"]["last_quarter_gain"] == 5.0
+
+    # a method of two stages is judged on its last one, whose steps count from 1 again
+    staged = record("tinybert", "dvd", 1, 0.7)
+    flat_first = [{"step": e["step"], "dev_accuracy": 0.5} for e in RISING]
+    staged["train"] = {"steps": 200, "history": flat_first + RISING}
+    assert with_convergence(staged)["train"]["last_quarter_gain"] == 5.0
+
+    root = store(tmp_path / "r", [rising, record("kd", "books", 1, 0.8)])
+    [table] = build_tables(iter_results(root), None, ORDERS)
+    assert table.unconverged == ["kd dvd seed 1 (+5.0)"]
+    rows, _ = parse_markdown(render(table))
+    assert rows["kd"]["dvd"] == "70.0‡" and rows["kd"]["books"] == "80.0" and rows["kd"]["avg"] == "75.0‡"
+
+
+# --- the paired significance test of the versus table ----------------------------------------
+
+def outcomes(a_only, b_only, both, neither):
+    """Labels (3 classes) and predictions of A and B with those counts, interleaved; where both are
+    wrong they answer differently."""
+    kinds = ["a"] * a_only + ["b"] * b_only + ["both"] * both + ["neither"] * neither
+    kinds = kinds[::2] + kinds[1::2]
+    labels = [i % 3 for i in range(len(kinds))]
+    a = [y if k in ("a", "both") else (y + 1) % 3 for y, k in zip(labels, kinds)]
+    b = [y if k in ("b", "both") else (y + 2 if k == "neither" else y + 1) % 3 for y, k in zip(labels, kinds)]
+    return labels, a, b
+
+
+def sign_test_p(a_only, b_only):
+    """The exact two-sided sign test: 2 P(K <= min) for K ~ Bin(a_only + b_only, 1/2), at most 1."""
+    n = a_only + b_only
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(a_only, b_only) + 1)) / 2 ** n)
+
+
+def digits(values):
+    return "".join(str(v) for v in values)
+
+
+# (domain, seed) -> hrkd right only, kd right only, both right, both wrong; 10 test examples each
+COUNTS = {("books", 1): (4, 1, 4, 1), ("books", 2): (3, 0, 5, 2), ("dvd", 1): (2, 2, 5, 1), ("dvd", 2): (5, 1, 3, 1)}
+
+
+def predicted_runs():
+    """hrkd, kd, tiny (wrong on every example) and finetune (hrkd's predictions) with their test
+    predictions; kd also ran a seed 3, which pairs with nothing (all wrong: it would change p)."""
+    runs = []
+    for (domain, seed), (a_only, b_only, both, neither) in COUNTS.items():
+        labels, a, b = outcomes(a_only, b_only, both, neither)
+        wrong = [(y + 1) % 3 for y in labels]
+        for method, preds, stored_labels in (("hrkd", a, digits(labels)), ("finetune", a, digits(labels)),
+                                             ("tiny", wrong, digits(labels)),
+                                             ("kd", b, labels if (domain, seed) == ("dvd", 1) else digits(labels))):
+            rec = record(method, domain, seed, sum(p == y for p, y in zip(preds, labels)) / len(labels))
+            rec["test"] = {"predictions": digits(preds), "labels": stored_labels}  # kd dvd 1: a list, as > 9 classes
+            runs.append(rec)
+    for domain in ("books", "dvd"):
+        rec = record("kd", domain, 3, 0.0)
+        rec["test"] = {"predictions": "1" * 10, "labels": "0" * 10}
+        runs.append(rec)
+    return runs
+
+
+def versus_rows(text):
+    return parse_markdown(text.split("hrkd against each method")[1])
+
+
+def test_the_versus_table_gives_the_paired_p_value_pooled_over_domains_and_seeds(tmp_path):
+    root = store(tmp_path / "r", predicted_runs())
+    [table] = build_tables(iter_results(root), None, ORDERS, versus="hrkd")
+    c = {v.method: v for v in table.comparisons}
+    assert list(c) == ["hrkd", "finetune", "kd", "tiny"]
+    # pooled over 2 domains x 2 seeds: hrkd alone right on 4 + 3 + 2 + 5 = 14 examples, kd alone on 4
+    assert sum(v[0] for v in COUNTS.values()) == 14 and sum(v[1] for v in COUNTS.values()) == 4
+    expected = sign_test_p(14, 4)  # 2 (1 + 18 + 153 + 816 + 3060) / 2^18
+    assert expected == pytest.approx(8096 / 2 ** 18, rel=1e-15)
+    assert c["kd"].p_value == pytest.approx(expected, rel=1e-12) and c["kd"].examples == 40 and c["kd"].seeds == 2
+    # tiny is wrong everywhere: hrkd alone right on all its 8 + 8 + 7 + 8 right answers
+    assert c["tiny"].p_value == pytest.approx(sign_test_p(31, 0), rel=1e-12) == 2 / 2 ** 31
+    assert (c["finetune"].p_value, c["finetune"].examples) == (1.0, 40)
+    assert (c["hrkd"].p_value, c["hrkd"].examples) == (None, 0)
+
+    text = render(table)
+    rows, bold = versus_rows(text)
+    assert [rows[m]["p"] for m in ("hrkd", "finetune", "kd", "tiny")] == ["-", "1.000", "0.031", "< 0.001"]
+    assert {(m, col) for m, col in bold if col == "p"} == {("kd", "p"), ("tiny", "p")}  # bold: p < 0.05
+    assert rows["kd"]["hrkd − method, avg (points)"] == "+25.0 ± 14.1"  # seeds: 75 - 60 and 80 - 45
+    assert rows["kd"]["domains hrkd leads"] == "2 of 2" and rows["kd"]["paired seeds"] == "2"
+    assert re.search(r"\| \*\*0\.031\*\* +\|", text) and re.search(r"\| \*\*< 0\.001\*\* +\|", text)
+    latex = render(table, "latex")
+    assert r"tiny & +77.5 $\pm$ 3.5 & 2 & 2 of 2 & \textbf{$<$ 0.001} & - \\" in latex
+    assert r"kd & +25.0 $\pm$ 14.1 & 2 & 2 of 2 & \textbf{0.031} & - \\" in latex
+    assert "<td>finetune</td><td>+0.0 ± 0.0</td><td>2</td><td>0 of 2</td><td>1.000</td>" in render(table, "html")
+
+
+def test_the_p_value_is_a_dash_where_a_run_kept_no_predictions(tmp_path):
+    runs = predicted_runs()
+    for rec in runs:
+        if (rec["method"]["name"], rec["suite"]["domain"], rec["seed"]) == ("kd", "dvd", 2):
+            del rec["test"]  # written before predictions were recorded
+    root = store(tmp_path / "r", runs)
+    [table] = build_tables(iter_results(root), None, ORDERS, versus="hrkd")
+    c = {v.method: v for v in table.comparisons}
+    assert (c["kd"].p_value, c["kd"].examples) == (None, 0)
+    assert c["tiny"].p_value == pytest.approx(2 / 2 ** 31)  # the others are still tested
+    rows, bold = versus_rows(render(table))
+    assert rows["kd"]["p"] == "-" and ("kd", "p") not in bold and rows["tiny"]["p"] == "< 0.001"
+
+
+def test_runs_tested_on_different_labels_are_refused(tmp_path, capsys):
+    runs = predicted_runs()
+    for rec in runs:
+        if (rec["method"]["name"], rec["suite"]["domain"], rec["seed"]) == ("kd", "dvd", 2):
+            labels = digits(outcomes(*COUNTS[("dvd", 2)])[0])
+            rec["test"]["labels"] = labels[:-1] + str((int(labels[-1]) + 1) % 3)
+    root = store(tmp_path / "r", runs)
+    with pytest.raises(BenchError, match="hrkd and kd were tested on different labels for dvd seed 2"):
+        build_tables(iter_results(root), None, ORDERS, versus="hrkd")
+    assert main(["report", "--results-dir", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "error: hrkd and kd were tested on different labels for dvd seed 2" in err and "Traceback" not in err

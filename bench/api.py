@@ -208,6 +208,11 @@ class Distiller:
     # The run's domains, set by the harness before `extra_modules` (a graph over domains needs
     # their number); a multi student's head i and a batch's domain id i are domains[i].
     domains: tuple[str, ...] = ()
+    # The teacher layer (1-based) each student layer 1..M starts as a copy of, when the student is cut
+    # from its teacher's model; None otherwise. Set by the harness before `extra_modules`: a method's
+    # default layer map is this one (bench.losses.default_layer_map), so that every mapped layer starts
+    # at its target, as a general-distilled student does in the papers.
+    student_copies: tuple[int, ...] | None = None
     # Whether the loss reads the teacher's outputs at padded positions. False lets the harness serve
     # them from its teacher-output cache (bench.teacher_outputs), which keeps real tokens only and
     # fills padding with zeros (scores: the additive mask). Methods that read logits only never do.

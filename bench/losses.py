@@ -136,12 +136,23 @@ def fit_layer_map(layer_map: Sequence[int], n_teacher: int, n_student: int, meth
     return layers
 
 
+def default_layer_map(n_teacher: int, n_student: int, method: str,
+                      copies: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The teacher layer each student layer 1..M learns from when the user names none: for a student
+    cut from its teacher, the layer it starts as a copy of (`Distiller.student_copies`), so every
+    mapped layer starts at its target; else the uniform g(m) = m * N / M of the papers, whose
+    general-distilled students were trained to match it."""
+    if copies is not None and len(copies) == n_student and max(copies) <= n_teacher:
+        return tuple(copies)
+    return uniform_layer_map(n_teacher, n_student, method)
+
+
 def layer_per_student_layer(layer_map: Sequence[int] | None, n_teacher: int, n_student: int,
-                            method: str) -> tuple[int, ...]:
+                            method: str, copies: Sequence[int] | None = None) -> tuple[int, ...]:
     """The teacher layer of each student layer 1..M (TinyBERT, HRKD): the user's map, which must
-    name one per student layer, or else the uniform g(m) = m * N / M."""
+    name one per student layer, or else the default (`default_layer_map`)."""
     if layer_map is None:
-        return uniform_layer_map(n_teacher, n_student, method)
+        return default_layer_map(n_teacher, n_student, method, copies)
     layers = fit_layer_map(layer_map, n_teacher, n_student, method)
     if len(layers) != n_student:
         raise BenchError(

@@ -102,6 +102,7 @@ class Grid:
         """A fresh instance with the user's options and the grid's domains."""
         distiller = method(self.method_options.get(method.name))
         distiller.domains = tuple(self.domains)
+        distiller.student_copies = self.preset.student.copied_teacher_layers(self.preset.teacher)
         return distiller
 
     def label(self, method: type[Distiller]) -> str:

@@ -5,8 +5,8 @@ finetune_multi_domain.py), and its two ablations.
 Teacher and student are both "multi": a shared encoder with one head per domain. Every step takes a
 sub-batch of each domain; each domain's rows go through that domain's teacher (the multi teacher's
 best-dev checkpoint for the domain) and through the student. Per domain d, with the student's
-layers m = 0..M (0: embeddings) mapped to teacher layers g(m) = m * N / M and W_m the trained
-projections of TinyBERT:
+layers m = 0..M (0: embeddings) mapped to teacher layers g(m) (default_layer_map: m * N / M, or the
+layers a student cut from its teacher copies) and W_m the trained projections of TinyBERT:
 
     loss_d = r_d^0 MSE(W_0 E_s, E_t)
              + sum_m r_d^m [MSE(A_s,m, A_t,g(m)) + MSE(W_m H_s,m, H_t,g(m))]
@@ -75,7 +75,7 @@ class HRKD(Distiller):
         graph_dropout: float = 0.1
         leaky_relu_slope: float = 0.2
         graph_heads: int = 8
-        layer_map: tuple[int, ...] | None = None  # teacher layer per student layer 1..M; None: m * N / M
+        layer_map: tuple[int, ...] | None = None  # teacher layer per student layer 1..M; None: default_layer_map
 
         def __post_init__(self):
             if self.temperature <= 0:
@@ -110,7 +110,7 @@ class HRKD(Distiller):
                              "run it through the harness (which sets distiller.domains), or set them first")
         n_student = student_config.num_hidden_layers
         self.teacher_layers = layer_per_student_layer(self.options.layer_map, teacher_config.num_hidden_layers,
-                                                      n_student, self.name)
+                                                      n_student, self.name, self.student_copies)
         modules = nn.Module()  # the reference's fit_denses, one per layer, embeddings included
         modules.projections = make_projections(student_config.hidden_size, teacher_config.hidden_size, n_student + 1,
                                                getattr(student_config, "initializer_range", 0.02))

@@ -177,7 +177,7 @@ class MetaKD(Distiller):
         temperature: float = 2.0
         domain_loss_weight: float = 0.5  # the teacher's domain-corruption and the student's domain MSE weight
         per_example_weights: bool = False  # True: (1 + w) g per row, as the paper; False: the code's batch mean
-        layer_map: tuple[int, ...] | None = None  # teacher layer per student layer 1..M; None: m * N / M
+        layer_map: tuple[int, ...] | None = None  # teacher layer per student layer 1..M; None: default_layer_map
 
         def __post_init__(self):
             if self.temperature <= 0:
@@ -209,7 +209,7 @@ class MetaKD(Distiller):
                              "run metakd on two or more domains of the suite")
         check_same_heads(teacher_config, student_config, "metakd")
         self.teacher_layers = layer_per_student_layer(self.options.layer_map, teacher_config.num_hidden_layers,
-                                                      student_config.num_hidden_layers, "metakd")
+                                                      student_config.num_hidden_layers, "metakd", self.student_copies)
         std = getattr(student_config, "initializer_range", 0.02)
         self.modules = nn.ModuleDict({
             "fit": make_projections(student_config.hidden_size, teacher_config.hidden_size, 1, std)[0],

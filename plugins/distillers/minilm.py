@@ -1,7 +1,9 @@
 """MiniLM deep self-attention distillation (Wang, Wei, Dong, Bao, Yang and Zhou 2020, "MiniLM: Deep
 Self-Attention Distillation for Task-Agnostic Compression of Pre-Trained Transformers", NeurIPS).
 
-The student's last layer learns from the teacher's last layer:
+The student's last layer learns from the teacher's last layer (for a student cut from its teacher,
+from the teacher layer it starts as a copy of, `Distiller.student_copies`, so that it starts at its
+target as the papers' general-distilled students do):
 - attention transfer L_AT: KL(A_t || A_s) of each head's attention distribution, per row (query),
 - value relation L_VR: VR = softmax(V V^T / sqrt(d_head)) per head, KL(VR_t || VR_s) per row,
 each averaged over heads and rows; L = L_AT + L_VR. Padded keys get no probability and padded
@@ -70,6 +72,8 @@ class MiniLM(Distiller):
 
     def __init__(self, options=None):
         super().__init__(options)
+        self.teacher_layer: int | None = None  # set with the student layer in extra_modules
+        self.student_layer: int | None = None
         self.stages = PREDICTION_STAGES[self.options.prediction]
 
     def extra_modules(self, teacher_config, student_config):
@@ -87,21 +91,24 @@ class MiniLM(Distiller):
                     f"minilm relation_heads {o.relation_heads} does not divide the {side}'s width {config.hidden_size}",
                     "pick a number of relation heads that divides both widths, e.g. "
                     f"{_common_divisor(teacher_config.hidden_size, student_config.hidden_size)}")
-        self.last_layers = (student_config.num_hidden_layers, teacher_config.num_hidden_layers)
+        copies = self.student_copies
+        last = copies[-1] if copies and len(copies) == student_config.num_hidden_layers else None
+        self.teacher_layer = last if last and last <= teacher_config.num_hidden_layers \
+            else teacher_config.num_hidden_layers
+        self.student_layer = student_config.num_hidden_layers
         return None
 
     def mapped_layers(self):
-        """The student's last layer learns from the teacher's last."""
-        last = getattr(self, "last_layers", None)
-        return None if last is None else {last[0]: last[1]}
+        """The student's last layer and the teacher layer it learns from."""
+        return None if self.teacher_layer is None else {self.student_layer: self.teacher_layer}
 
     def distill_losses(self, batch, student_out, teacher_out):
-        """L_AT and L_VR on the last layers."""
-        mask, heads = batch.attention_mask, self.options.relation_heads
+        """L_AT and L_VR on the student's last layer and its teacher layer."""
+        mask, heads, g = batch.attention_mask, self.options.relation_heads, self.teacher_layer - 1
         parts = {}
         if self.options.attention_transfer:
-            parts["attention"] = relation_kl(teacher_out.attention_scores[-1], student_out.attention_scores[-1], mask)
-        parts["value_relation"] = relation_kl(value_relation(teacher_out.values[-1], heads),
+            parts["attention"] = relation_kl(teacher_out.attention_scores[g], student_out.attention_scores[-1], mask)
+        parts["value_relation"] = relation_kl(value_relation(teacher_out.values[g], heads),
                                               value_relation(student_out.values[-1], heads), mask)
         return parts
 

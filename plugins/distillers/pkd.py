@@ -7,7 +7,9 @@ states of student layer m and teacher layer g(m) = m * N / M (layer 0 is the emb
 What the authors' code does, and this plugin by default:
 - PKD-skip leaves out the student's last layer (`full_output[:-1]`): its [CLS] state feeds the
   classifier, which KD(T) already teaches. A 6-layer student of a 12-layer teacher learns from
-  teacher layers 2, 4, 6, 8, 10 (`--fc_layer_idx 1,3,5,7,9`, 0-based). `layer_map` overrides it.
+  teacher layers 2, 4, 6, 8, 10 (`--fc_layer_idx 1,3,5,7,9`, 0-based). A student cut from its teacher
+  learns instead from the layers it starts as copies of (bench.losses.default_layer_map), less the
+  last. `layer_map` overrides both.
 - L_PT is `F.mse_loss` of the normalised states: a mean over examples, layers and hidden units.
   The paper writes a sum over layers of squared distances; `pt_reduction="sum"` sums over
   layers and hidden units (mean over examples).
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from bench.api import Distiller
 from bench.errors import BenchError
 from bench.hookspecs import hookimpl
-from bench.losses import fit_layer_map, kd_kl, parse_layer_map, uniform_layer_map
+from bench.losses import default_layer_map, fit_layer_map, kd_kl, parse_layer_map
 
 
 def patience_loss(student_cls: torch.Tensor, teacher_cls: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -90,7 +92,7 @@ class PKD(Distiller):
         if self.options.layer_map is not None:
             self.teacher_layers = fit_layer_map(self.options.layer_map, n_teacher, n_student, "pkd")
         else:
-            self.teacher_layers = uniform_layer_map(n_teacher, n_student, "pkd")[:-1]
+            self.teacher_layers = default_layer_map(n_teacher, n_student, "pkd", self.student_copies)[:-1]
             if not self.teacher_layers:
                 raise BenchError(
                     "pkd-skip leaves out the student's last layer, so a 1-layer student has none to learn from",

@@ -18,7 +18,8 @@ one stage summing all four parts, one projection per layer (`fit_denses`). Optio
   classifier, so it keeps its last weights, as the reference does; the prediction stage keeps
   its best dev checkpoint.
 - `shared_projection`: the TinyBERT reference's single `fit_dense` for every layer.
-- `layer_map`: explicit teacher layers for student layers 1..M.
+- `layer_map`: explicit teacher layers for student layers 1..M; by default `bench.losses.default_layer_map`
+  (the layers a student cut from its teacher starts as copies of, else m * N / M).
 - `loss_padding`: see below.
 The references pad every row to 128 and their MSE means include the padded positions. Batches here
 are padded to their longest row, so such a mean would weigh padding by whatever the longest row was
@@ -61,7 +62,7 @@ class TinyBERT(Distiller):
         temperature: float = 1.0
         two_stage: bool = False  # True: "intermediate" then "prediction", as the TinyBERT code
         shared_projection: bool = False  # True: one projection for every layer, as the TinyBERT code
-        layer_map: tuple[int, ...] | None = None  # teacher layer per student layer 1..M; None: m * N / M
+        layer_map: tuple[int, ...] | None = None  # teacher layer per student layer 1..M; None: default_layer_map
         loss_padding: bool = False  # True: the MSE means include padded positions, as the references'
 
         def __post_init__(self):
@@ -80,7 +81,7 @@ class TinyBERT(Distiller):
     def extra_modules(self, teacher_config, student_config):
         check_same_heads(teacher_config, student_config, "tinybert")
         self.teacher_layers = layer_per_student_layer(self.options.layer_map, teacher_config.num_hidden_layers,
-                                                      student_config.num_hidden_layers, "tinybert")
+                                                      student_config.num_hidden_layers, "tinybert", self.student_copies)
         count = 1 if self.options.shared_projection else student_config.num_hidden_layers + 1
         self.projections = make_projections(student_config.hidden_size, teacher_config.hidden_size, count,
                                             getattr(student_config, "initializer_range", 0.02))

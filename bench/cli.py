@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.errors import BenchError
 from bench.results import DEFAULT_RESULTS_DIR
+from bench.workers import cores, is_worker, run_workers
 
 log = logging.getLogger("bench")
 
@@ -50,6 +51,12 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"seeds must be integers separated by commas, got {text!r}")
 
 
+def _jobs(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of worker processes (1 or more)")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=(
         "kd-bench: benchmark knowledge-distillation methods on multi-domain suites."))
@@ -73,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue killed runs (and teacher trainings) from their last checkpoint")
     run.add_argument("--shard", type=_shard, default=(1, 1), metavar="K/N",
                      help="run the K-th of N parts of the grid (for N machines or jobs; report merges them)")
+    run.add_argument("--jobs", type=_jobs, default=1, metavar="N",
+                     help="N worker processes on this machine sharing the grid and its cores (each run and "
+                          "teacher still trains once; on a CPU, 2 on 2 cores beats 1 process); the table and "
+                          "latencies come after all of them, timed in one sitting")
     run.add_argument("--teacher-precision", default="fp32", choices=["fp32", "bf16"],
                      help="the teacher's forwards while distilling; bf16 runs are stored apart (kd@bf16)")
     run.add_argument("--teacher-cache", default="use", choices=["off", "use", "refresh"],
@@ -248,24 +259,55 @@ def make_grid(args, registry, methods: Sequence[str]):
 
 
 def cmd_run(args) -> int:
-    from bench.convergence import MIN_GAIN, describe, unconverged
     from bench.failures import failed_error
     from bench.plugins import get_registry
-    from bench.report import build_report, with_convergence
-    from bench.results import iter_results
     from bench.runner import Runner
 
     registry = get_registry()
     grid = make_grid(args, registry, args.methods)
-    suite, preset = grid.suite, grid.preset
     runner = Runner(grid, registry)
     if args.dry_run:
         print("\n".join(runner.plan()))
         return 0
+    if args.jobs > 1 and not is_worker():
+        return _run_workers(args, runner, registry)
     written = runner.run()
     if not runner.main:  # the main process reports for all
         return 0
     log.info("%d result file(s) written under %s", len(written), args.results_dir)
+    code = 0 if is_worker() else _report_run(args, grid)  # the workers' parent reports for them all
+    if runner.failures:
+        print(f"error: {failed_error(runner.failures)}", file=sys.stderr)
+        return 1
+    return code
+
+
+def _run_workers(args, runner, registry) -> int:
+    """`run --jobs N`: the workers train, then their runs are timed again here, in one sitting (each
+    timed itself while the others trained), and the table printed."""
+    from bench.retime import retime_results
+
+    log.info("%d worker processes of %d thread(s) each share the grid", args.jobs, max(1, cores() // args.jobs))
+    codes = run_workers(args.argv, args.jobs)
+    mine = [key.path(args.results_dir) for job in runner.jobs() for key in job.keys]
+    if done := [p for p in mine if p.exists()]:
+        retime_results(args.results_dir, registry, runner.grid.suite.name, only=done)
+    code = _report_run(args, runner.grid)
+    if failed := [k + 1 for k, c in enumerate(codes) if c != 0]:
+        print(f"error: worker(s) {', '.join(map(str, failed))} of {args.jobs} ended with an error (above)\n"
+              f"  fix it and run the same command again: finished runs are kept", file=sys.stderr)
+        return 1
+    return code
+
+
+def _report_run(args, grid) -> int:
+    """The table of the grid's suite, preset and methods from every result in the results dir, and
+    a warning naming its unconverged runs."""
+    from bench.convergence import MIN_GAIN, describe, unconverged
+    from bench.report import build_report, with_convergence
+    from bench.results import iter_results
+
+    suite, preset = grid.suite, grid.preset
     labels = [grid.label(m) for m in grid.methods]
     records = [r for r in iter_results(args.results_dir)
                if r["suite"]["name"] == suite.name and r["preset"] == preset.name
@@ -278,9 +320,6 @@ def cmd_run(args) -> int:
                     "above the quarter before): %s.\n  Their scores are marked in the tables; give them more steps "
                     "(the preset's student_train.epochs) before ranking them.", len(late), 100 * MIN_GAIN,
                     "; ".join(describe(r) for r in late))
-    if runner.failures:
-        print(f"error: {failed_error(runner.failures)}", file=sys.stderr)
-        return 1
     return 0
 
 
@@ -488,7 +527,9 @@ def cmd_report(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what `run --jobs N` hands its workers
     level = logging.DEBUG if args.verbose else logging.INFO
     if os.environ.get("RANK", "0") != "0":  # a process of accelerate/torchrun other than the main: errors only
         level = logging.WARNING

@@ -1,11 +1,12 @@
 """A grid as a list of jobs, one training each, and its split into shards (`--shard K/N`).
 
 A job is what trains once: a single-domain student (one result), or a mix or multi student trained
-on all the grid's domains (one result per domain). Jobs come in a fixed order (per-domain students
-domain by domain, method by method, seed by seed; then the joint ones), so every machine of a
+on all the grid's domains (one result per domain). Jobs come in a fixed order (the joint ones; then
+per-domain students domain by domain, method by method, seed by seed), so every machine of a
 sharded grid computes the same list and takes its own contiguous part: shard K of N takes jobs
 [(K-1)·J/N, K·J/N). Contiguous parts keep a domain's jobs together, so each machine trains few
-teachers.
+teachers. Joint jobs come first because they are the longest (a teacher and a student on every
+domain): processes sharing a grid (`run --jobs`) start on them, and do not end on one alone.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def grid_jobs(grid) -> list[Job]:
         for seed in grid.seeds:
             mine = tuple(k for k, m in keys if m is method and k.seed == seed)
             joint.append(Job(method, seed, mine, joint=True))
-    return single + joint
+    return joint + single
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -10,6 +10,7 @@ measurement per architecture, taken in one quiet process, serves every result th
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +50,18 @@ def _teacher(record: dict[str, Any]) -> ModelSpec:
     return get_preset(record["preset"]).teacher
 
 
-def retime_results(root: str | Path, registry, suite: str | None = None) -> list[Path]:
-    """Re-time every result under `root` (of `suite`, if given) that has a latency, and rewrite it;
+def retime_results(root: str | Path, registry, suite: str | None = None,
+                   only: Collection[Path] | None = None) -> list[Path]:
+    """Re-time every result under `root` (of `suite`, and among `only`, if given) that has a latency, and rewrite it;
     the paths rewritten. Its timed metrics (latency, throughput, speed-up) are computed again from
     one measurement per (model, heads, labels, latency config, device). Every result is read and
     checked before the first is rewritten, so a bad one stops the sitting with nothing changed."""
     timed = {name: spec for name, spec in registry.metrics.items() if spec.timed}
     todo = []
+    only = None if only is None else {Path(p).resolve() for p in only}
     for path in result_paths(root):
+        if only is not None and path.resolve() not in only:
+            continue
         record = read_result(path)
         latency = record.get("metrics", {}).get("latency")
         if (suite and record["suite"]["name"] != suite) or not latency:

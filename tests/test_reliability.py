@@ -21,6 +21,7 @@ from bench.locks import FileLock
 from bench.plugins import get_registry
 from bench.presets import get_preset
 from bench.runner import Grid
+from bench.workers import cores
 
 # A third party's plugin: two methods that are Hinton KD until they fail, one with a NaN loss part
 # from its 3rd step on, one with an exception in its loss (unless CRASH_OFF is set: then it is kd).
@@ -233,6 +234,39 @@ def test_two_grids_at_once_train_each_run_and_teacher_once(data_dir, tmp_path):
         keys.values())
 
 
+def test_jobs_share_one_grid_among_workers_and_report_once(data_dir, tmp_path):
+    """`run --jobs 2`: two workers of one thread each train every run once (the joint job first), their
+    lines come marked with the worker, and the parent re-times the runs and prints one table."""
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    env = bench_env(data_dir, cache)
+    env.pop("OMP_NUM_THREADS")
+    out = bench_run(env, "kd,finetune-mtl", "books,dvd", results, "--jobs", "2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    expected = {(m, d) for m in ("kd", "finetune-mtl") for d in ("books", "dvd")}
+    assert result_files(results) == {f"amazon/smoke/{m}/{d}/seed1.json" for m, d in expected}
+    written = [line for line in out.stderr.splitlines() if WRITTEN.search(line)]
+    assert Counter((m, d) for line in written for m, _, d, _ in WRITTEN.findall(line)) == Counter(expected)
+    assert all(re.match(r"\[[12]/2\] ", line) for line in written), written
+    first = next(line for line in out.stderr.splitlines() if "bench.runner" in line and " on amazon/" in line)
+    assert "finetune-mtl on amazon/books+dvd" in first  # the longest job is taken first
+    for m, d in expected:
+        record = json.loads(result_path(results, m, d).read_text())
+        check_record(record, m, d)
+        assert record["machine"]["worker"] in ("1/2", "2/2") and record["machine"]["threads"] == max(1, cores() // 2)
+        assert record["retimed"]["machine"]["worker"] is None  # timed again by the parent, alone
+    assert out.stdout.count("### amazon (smoke preset)") == 1 and not re.search(r"^\[\d/2\]", out.stdout, re.M)
+
+
+def test_a_failing_worker_fails_the_run_and_the_others_go_on(plugin_root, data_dir, tmp_path):
+    results = tmp_path / "results"
+    env = bench_env(data_dir, tmp_path / "cache", plugin_root)
+    out = bench_run(env, "kd,crash-kd", "books", results, "--jobs", "2")
+    assert out.returncode == 1
+    assert "error: worker(s) " in out.stderr and "run the same command again: finished runs are kept" in out.stderr
+    assert result_files(results) == {"amazon/smoke/kd/books/seed1.json"}
+    assert failure_path(results, "crash-kd", "books").exists()
+
+
 def test_a_file_lock_excludes_a_second_holder_until_released(tmp_path):
     path = tmp_path / "locks" / "a.lock"
     first, second = FileLock(path), FileLock(path)
@@ -289,10 +323,10 @@ def test_grid_jobs_come_in_a_fixed_order_with_one_job_per_joint_training():
     domains = ["books", "dvd", "electronics", "kitchen"]
     jobs = grid_jobs(make_grid(["kd", "finetune-mtl", "finetune"], domains, [1, 2]))
     assert [(j.key.method, j.key.domain, j.seed, j.joint) for j in jobs] == [
-        *((m, d, s, False) for d in domains for m in ("kd", "finetune") for s in (1, 2)),
         ("finetune-mtl", "books+dvd+electronics+kitchen", 1, True),
-        ("finetune-mtl", "books+dvd+electronics+kitchen", 2, True)]
-    assert [k.domain for k in jobs[-1].keys] == domains and {k.seed for k in jobs[-1].keys} == {2}
+        ("finetune-mtl", "books+dvd+electronics+kitchen", 2, True),
+        *((m, d, s, False) for d in domains for m in ("kd", "finetune") for s in (1, 2))]
+    assert [k.domain for k in jobs[1].keys] == domains and {k.seed for k in jobs[1].keys} == {2}
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 18, 19, 25])
@@ -336,18 +370,17 @@ def test_two_shards_hold_the_grid_once_and_report_merges_them(data_dir, tmp_path
         assert main(["run", *SHARD_GRID, "--shard", shard, "--results-dir", str(results),
                      "--data-dir", str(data_dir)]) == 0
     capsys.readouterr()
-    # jobs: kd books, finetune books, kd dvd, finetune dvd, finetune-mtl (both domains): 3 and 2
-    assert result_files(a) == {"amazon/smoke/kd/books/seed1.json", "amazon/smoke/finetune/books/seed1.json",
-                               "amazon/smoke/kd/dvd/seed1.json"}
-    assert result_files(b) == {"amazon/smoke/finetune/dvd/seed1.json", "amazon/smoke/finetune-mtl/books/seed1.json",
-                               "amazon/smoke/finetune-mtl/dvd/seed1.json"}
+    # jobs: finetune-mtl (both domains), kd books, finetune books, kd dvd, finetune dvd: 3 and 2
+    assert result_files(a) == {"amazon/smoke/finetune-mtl/books/seed1.json", "amazon/smoke/finetune-mtl/dvd/seed1.json",
+                               "amazon/smoke/kd/books/seed1.json", "amazon/smoke/finetune/books/seed1.json"}
+    assert result_files(b) == {"amazon/smoke/kd/dvd/seed1.json", "amazon/smoke/finetune/dvd/seed1.json"}
     grid = {f"amazon/smoke/{m}/{d}/seed1.json" for m in ("kd", "finetune", "finetune-mtl") for d in ("books", "dvd")}
     assert result_files(a) | result_files(b) == grid and not result_files(a) & result_files(b)
     for results in (a, b):
         for name in result_files(results):
             _, _, method, domain, _ = name.split("/")
             check_record(json.loads((results / name).read_text()), method, domain)
-    mtl = [json.loads(result_path(b, "finetune-mtl", d).read_text()) for d in ("books", "dvd")]
+    mtl = [json.loads(result_path(a, "finetune-mtl", d).read_text()) for d in ("books", "dvd")]
     assert all(r["suite"]["trained_on"] == ["books", "dvd"] and r["method"]["student_kind"] == "multi" for r in mtl)
     assert mtl[0]["train"]["history"] == mtl[1]["train"]["history"]  # one training for both domains
 
@@ -356,14 +389,13 @@ def test_two_shards_hold_the_grid_once_and_report_merges_them(data_dir, tmp_path
     table = pd.read_csv(io.StringIO(out)).set_index("method")
     assert list(table.index) == ["teacher", "finetune", "finetune-mtl", "kd"]
     assert set(table["suite"]) == {"amazon"} and set(table["preset"]) == {"smoke"}
-    for method, results in (("kd", a), ("finetune-mtl", b)):
-        for domain in ("books", "dvd"):
+    for domain in ("books", "dvd"):
+        accuracy = json.loads(result_path(a, "finetune-mtl", domain).read_text())["metrics"]["accuracy"]
+        assert table.loc["finetune-mtl", f"{domain}_mean"] == pytest.approx(100 * accuracy, abs=1e-3)
+    for method in ("kd", "finetune"):
+        for domain, results in (("books", a), ("dvd", b)):
             accuracy = json.loads(result_path(results, method, domain).read_text())["metrics"]["accuracy"]
             assert table.loc[method, f"{domain}_mean"] == pytest.approx(100 * accuracy, abs=1e-3)
-    finetune = {d: json.loads(result_path(r, "finetune", d).read_text())["metrics"]["accuracy"]
-                for d, r in (("books", a), ("dvd", b))}
-    assert table.loc["finetune", "books_mean"] == pytest.approx(100 * finetune["books"], abs=1e-3)
-    assert table.loc["finetune", "dvd_mean"] == pytest.approx(100 * finetune["dvd"], abs=1e-3)
     assert table[["books_mean", "dvd_mean", "avg_mean"]].notna().all().all()
 
 
@@ -373,9 +405,9 @@ def test_a_dry_run_plans_its_shard_only(data_dir, tmp_path, capsys):
     assert main(["run", *SHARD_GRID, "--shard", "2/2", "--results-dir", str(tmp_path),
                  "--data-dir", str(data_dir), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1] == f"3 run(s) to do, 0 already in {tmp_path} (shard 2/2 of 6 runs)"
-    assert lines[2].startswith("dvd: finetune seed 1: ")
-    assert lines[3].startswith("books,dvd (multi student): finetune-mtl seed 1: ")
-    assert lines[4].startswith("examples to process in all: ") and len(lines) == 5
-    assert "kd seed" not in "\n".join(lines) and "teacher" not in "\n".join(lines[1:])
+    assert lines[1] == f"2 run(s) to do, 0 already in {tmp_path} (shard 2/2 of 6 runs)"
+    assert lines[2].startswith("dvd: teacher ") and lines[2].endswith(" to train (96 examples)")  # dvd's only
+    assert lines[3].startswith("dvd: kd seed 1: ") and lines[4].startswith("dvd: finetune seed 1: ")
+    assert lines[5].startswith("examples to process in all: ") and len(lines) == 6
+    assert "finetune-mtl" not in "\n".join(lines) and "books" not in "\n".join(lines[1:])
     assert not list(tmp_path.iterdir())  # a plan writes nothing

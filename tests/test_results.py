@@ -5,7 +5,7 @@ from test_report import record  # one stored-result fixture for both files
 
 from bench.errors import BenchError
 from bench.report import to_frame
-from bench.results import RunKey, read_result, write_result
+from bench.results import RunKey, cpu_model, machine_info, read_result, write_result
 
 
 def test_round_trip(tmp_path):
@@ -45,3 +45,25 @@ def test_the_stable_keys_are_dotted_columns():
     for column in ("seed", "preset", "method.name", "suite.name", "suite.domain", "suite.train_ratio",
                    "teacher.ref", "teacher.key", "machine.world_size"):
         assert column in df.columns
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9R14 96-Core Processor
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16 avx512_vnni
+
+processor\t: 1
+model name\t: AMD EPYC 9R14 96-Core Processor
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16 avx512_vnni
+"""
+
+
+def test_the_cpu_model_and_the_flags_that_set_its_speed_are_recorded(tmp_path):
+    path = tmp_path / "cpuinfo"
+    path.write_text(CPUINFO)
+    assert cpu_model(str(path)) == {"cpu_model": "AMD EPYC 9R14 96-Core Processor",
+                                    "cpu_flags": ["avx2", "avx512f", "avx512_bf16"]}
+    path.write_text(CPUINFO.replace(" avx512f avx512bw avx512_bf16 avx512_vnni", ""))
+    assert cpu_model(str(path))["cpu_flags"] == ["avx2"]
+    assert cpu_model(str(tmp_path / "none")) == {}  # not Linux: nothing, and the rest of the record stays
+    assert set(cpu_model()) <= set(machine_info())

@@ -59,8 +59,8 @@ def test_every_preset_is_listed_with_its_models(preset, capsys):
 
 
 def test_a_preset_sizes_each_suite_as_it_says(tmp_path, data_dir, capsys, monkeypatch):
-    """cpu trains on every MNLI pair of a genre (fiction: 3,452, the first 90% of its train rows) for 3
-    epochs, teacher and student (Amazon: 800 reviews, teacher 2 epochs, student 3): the plan uses them."""
+    """cpu trains on every MNLI pair of a genre (fiction: 3,452, the first 90% of its train rows), the
+    teacher 3 epochs, the student 5 (Amazon: 800 reviews, teacher 2 epochs, student 3): the plan uses them."""
     def no_models(ref):
         raise AssertionError(f"the plan must not resolve {ref}")
 
@@ -69,7 +69,7 @@ def test_a_preset_sizes_each_suite_as_it_says(tmp_path, data_dir, capsys, monkey
                  "--results-dir", str(tmp_path), "--data-dir", str(data_dir)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].endswith("to train (10356 examples)")  # teacher: 3 epochs x 3452
-    assert lines[3] == "fiction: kd seed 1: 10356 examples (+ teacher forwards)"  # student: 3 epochs x 3452
+    assert lines[3] == "fiction: kd seed 1: 17260 examples (+ teacher forwards)"  # student: 5 epochs x 3452
     assert main(["run", "--dry-run", "--methods", "kd", "--suite", "amazon", "--domains", "books",
                  "--results-dir", str(tmp_path), "--data-dir", str(data_dir)]) == 0
     assert "books: kd seed 1: 2400 examples (+ teacher forwards)" in capsys.readouterr().out  # 3 x 800

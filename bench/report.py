@@ -237,6 +237,7 @@ def build_tables(records: Iterable[dict[str, Any]], suite: str | None, domain_or
         df["method.name"] = df["method.label"].fillna(df["method.name"])
     tables = []
     for (suite_name, ratio, preset), sub in df.groupby(["suite.name", "suite.train_ratio", "preset"], sort=True):
+        _check_one_data(sub, f"{suite_name}/{preset}")
         domains = [d for d in domain_orders.get(suite_name) or [] if d in set(sub["suite.domain"])]
         domains += sorted(set(sub["suite.domain"]) - set(domains))
         reported = [replace(r, scores=dict(r.scores)) for r in paper or []]
@@ -251,6 +252,26 @@ def build_tables(records: Iterable[dict[str, Any]], suite: str | None, domain_or
     if paper:
         _warn_unused_paper_columns(paper, tables)
     return tables
+
+
+def _check_one_data(df: pd.DataFrame, where: str) -> None:
+    """Stop when a domain's runs of one table were not all on the same data (`suite.fingerprint`, the
+    bytes read) and suite version: averaging them, or ranking one against another, would compare
+    other test sets. The report stops rather than splitting the table, so that nothing is dropped
+    from a comparison unseen."""
+    def column(name: str, width: int) -> pd.Series:
+        values = df[name] if name in df else pd.Series(None, index=df.index, dtype=object)
+        return values.astype(object).where(values.notna(), "-").astype(str).str[:width]
+
+    data = "suite version " + column("suite.version", 20) + ", data " + column("suite.fingerprint", 12)
+    for domain, runs in df.assign(_data=data).groupby("suite.domain", sort=True):
+        if runs["_data"].nunique() > 1:
+            groups = "; ".join(
+                f"{v}: " + ", ".join(f"{m} seed {s}" for m, s in zip(g["method.name"], g["seed"]))
+                for v, g in runs.groupby("_data", sort=True))
+            raise BenchError(f"{where}: the runs on {domain} were not all on the same data ({groups})",
+                             "report runs of one data version together: move the others to a results dir of "
+                             "their own (each result's suite.fingerprint says which data it ran on)")
 
 
 def with_convergence(record: dict[str, Any]) -> dict[str, Any]:

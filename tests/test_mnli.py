@@ -101,6 +101,34 @@ def test_a_malformed_row_stops_with_file_line_and_reason_or_is_skipped(tmp_path,
     assert mnli.audit("fiction", cfg(tmp_path, skip=True))["skipped_bad_rows"] == 1
 
 
+def write_jsonl(root: Path, extra=()) -> Path:
+    folder = root / "multinli_1.0"
+    folder.mkdir()
+    rows = [json.dumps({"genre": g, "sentence1": f"s1 {i}", "sentence2": f"s2 {i}", "gold_label": LABELS[i % 3]})
+            for i, g in enumerate(mnli.DOMAINS * 10)]
+    (folder / "multinli_1.0_train.jsonl").write_text("\n".join(rows + list(extra)) + "\n")
+    (folder / "multinli_1.0_dev_matched.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("bad_line,reason", [
+    ('{"genre": "fiction", "sentence1": "a", ', r"not valid JSON \(Expecting property name enclosed in double quotes"),
+    ('["fiction", "a", "b", "neutral"]', "a JSON list, not an object with genre, sentence1, sentence2, gold_label"),
+    ('{"genre": "fiction", "sentence1": "a", "gold_label": "neutral"}', "missing field\\(s\\) sentence2"),
+    ('{"genre": "fiction", "sentence1": null, "sentence2": "b", "gold_label": "neutral"}',
+     "sentence1 is null, not a text"),
+    ('{"genre": "fiction", "sentence1": "a", "sentence2": 3, "gold_label": "neutral"}', "sentence2 is 3, not a text"),
+    ('{"genre": "fiction", "sentence1": "", "sentence2": "b", "gold_label": "neutral"}', "empty sentence1"),
+])
+def test_a_malformed_jsonl_row_stops_with_file_line_and_reason_or_is_skipped(tmp_path, bad_line, reason):
+    write_jsonl(tmp_path, extra=[bad_line])
+    with pytest.raises(BenchError, match=rf"train.jsonl:51: {reason}") as err:  # 50 rows, then the bad one
+        mnli.load("fiction", "train", cfg(tmp_path))
+    assert "--skip-bad-rows" in str(err.value)
+    assert len(mnli.load("fiction", "train", cfg(tmp_path, skip=True))) == 9
+    assert sum(mnli.read_jsonl(tmp_path / "multinli_1.0" / "multinli_1.0_train.jsonl", True).bad_rows.values()) == 1
+
+
 def test_bom_crlf_and_bad_bytes(tmp_path):
     folder = write_glue(tmp_path, n_per_genre=10)
     path = folder / "train.tsv"

@@ -728,3 +728,25 @@ def test_runs_tested_on_different_labels_are_refused(tmp_path, capsys):
     assert main(["report", "--results-dir", str(root)]) == 2
     err = capsys.readouterr().err
     assert "error: hrkd and kd were tested on different labels for dvd seed 2" in err and "Traceback" not in err
+
+
+def test_runs_on_other_data_are_never_averaged(tmp_path):
+    """Two seeds of kd on books read other bytes (another suite version): the report stops, naming
+    both groups, instead of averaging them into one cell; on the same data they make one cell."""
+    def on(version, fingerprint, **kw):
+        rec = record(**kw)
+        rec["suite"] |= {"version": version, "fingerprint": fingerprint}
+        return rec
+
+    same = [on("1", "a" * 64, seed=1, acc=0.6), on("1", "a" * 64, seed=2, acc=0.8),
+            on("1", "c" * 64, domain="dvd")]
+    (table,) = build_tables(same, None, {"amazon": ["books", "dvd"]})
+    assert table.rows[1].scores["books"].mean == pytest.approx(70.0)
+
+    mixed = [on("1", "a" * 64, seed=1, acc=0.6), on("2", "b" * 64, seed=2, acc=0.8)]
+    with pytest.raises(BenchError) as info:
+        build_tables(mixed, None, {"amazon": ["books"]})
+    what, hint = str(info.value).split("\n")
+    assert what == ("amazon/smoke: the runs on books were not all on the same data (suite version 1, data "
+                    "aaaaaaaaaaaa: kd seed 1; suite version 2, data bbbbbbbbbbbb: kd seed 2)")
+    assert hint.strip().startswith("report runs of one data version together")

@@ -141,6 +141,13 @@ def read_tsv(path: Path, skip_bad_rows: bool = False) -> Parsed:
     return reader.parsed
 
 
+JSONL_FIELDS = ("genre", "sentence1", "sentence2", "gold_label")  # in _Reader.add's order
+
+
+def _text_or(value, default: str) -> str:
+    return value if isinstance(value, str) else default
+
+
 def read_jsonl(path: Path, skip_bad_rows: bool = False) -> Parsed:
     reader = _Reader(path, skip_bad_rows)
     for lineno, line in reader.lines():
@@ -148,14 +155,20 @@ def read_jsonl(path: Path, skip_bad_rows: bool = False) -> Parsed:
             continue
         try:
             row = json.loads(line)
-            genre, a, b, label = (row[k] for k in ("genre", "sentence1", "sentence2", "gold_label"))
         except json.JSONDecodeError as exc:
             reader.bad(lineno, f"not valid JSON ({exc.msg} at column {exc.colno})")
             continue
-        except (KeyError, TypeError) as exc:
-            reader.bad(lineno, f"missing field {exc}")
+        if not isinstance(row, dict):
+            reader.bad(lineno, f"a JSON {type(row).__name__}, not an object with {', '.join(JSONL_FIELDS)}")
             continue
-        reader.add(lineno, str(genre), str(a), str(b), str(label))
+        if missing := [k for k in JSONL_FIELDS if k not in row]:
+            reader.bad(lineno, f"missing field(s) {', '.join(missing)}", _text_or(row.get("genre"), "?"))
+            continue
+        if wrong := [k for k in JSONL_FIELDS if not isinstance(row[k], str)]:  # a null is no text "None"
+            reader.bad(lineno, f"{wrong[0]} is {json.dumps(row[wrong[0]])}, not a text",
+                       _text_or(row["genre"], "?"))
+            continue
+        reader.add(lineno, *(row[k] for k in JSONL_FIELDS))
     return reader.parsed
 
 

@@ -396,8 +396,12 @@ def cmd_teacher(args) -> int:
                 for key, info in store.entries()]
         print(render_rows(rows) if rows else f"no teachers stored in {store.root}")
     else:
+        from bench.teacher_outputs import remove_caches_of
+
         for prefix in args.keys:
-            print(f"removed teacher {store.remove(prefix)}")
+            key = store.remove(prefix)
+            folders, size = remove_caches_of(key)
+            print(f"removed teacher {key} and {folders} cache(s) of its outputs, {size / 2**20:.1f} MB")
     return 0
 
 

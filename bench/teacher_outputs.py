@@ -324,3 +324,12 @@ def list_caches(root: Path | None = None) -> list[dict[str, Any]]:
                     "bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
                     "modified": max((p.stat().st_mtime for p in folder.iterdir()), default=folder.stat().st_mtime)})
     return out
+
+
+def remove_caches_of(teacher_key: str, root: Path | None = None) -> tuple[int, int]:
+    """Remove every cache of `teacher_key`'s outputs: a teacher trained again under that key (after
+    `teacher rm`) has other weights, and the key does not hash them. (folders, bytes) removed."""
+    mine = [c for c in list_caches(root) if c["identity"].get("teacher") == teacher_key]
+    for c in mine:
+        shutil.rmtree((root or outputs_root()) / c["key"], ignore_errors=True)
+    return len(mine), sum(c["bytes"] for c in mine)

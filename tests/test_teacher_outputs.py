@@ -15,7 +15,15 @@ from bench.models import ModelSpec, build_classifier, load_tokenizer
 from bench.plugins import get_registry
 from bench.presets import get_preset
 from bench.runner import load_domain
-from bench.teacher_outputs import CachedTeacher, TeacherOutputCache, cache_identity, list_caches, rows_digest
+from bench.teacher_outputs import (
+    CachedTeacher,
+    TeacherOutputCache,
+    cache_identity,
+    identity_key,
+    list_caches,
+    remove_caches_of,
+    rows_digest,
+)
 
 NEEDS = frozenset({"logits", "hidden", "attentions", "values"})
 LAYERS = 4  # random:tiny
@@ -518,3 +526,23 @@ def test_a_batchs_new_outputs_are_written_before_the_student_forward_and_first_r
     assert at_student == [1, 3] and chunks() == 3  # all of b2's, before its student forward
     compute_loss.flush_outputs()
     assert chunks() == 3
+
+
+def test_the_key_changes_with_everything_the_outputs_depend_on(rows):
+    """Another teacher, domain, rows, precision or tokenizer gives another folder."""
+    base = dict(teacher_key="teacher0", domain="books", rows=rows_digest(rows[0]["books"]), precision="fp32",
+                tokenizer="random:tiny")
+    changes = {"teacher_key": "teacher1", "domain": "dvd", "rows": rows_digest(rows[0]["books"].select(range(5))),
+               "precision": "bf16", "tokenizer": "pkg:all-MiniLM-L6-v2"}
+    keys = {identity_key(cache_identity(**base))} | {
+        identity_key(cache_identity(**(base | {name: value}))) for name, value in changes.items()}
+    assert len(keys) == 1 + len(changes)
+    assert identity_key(cache_identity(**base)) == identity_key(cache_identity(**dict(base)))  # and only with them
+
+
+def test_removing_a_teacher_removes_its_cached_outputs(rows, teacher, tmp_path):
+    gone, kept = (fill(rows, teacher, tmp_path, [0, 1], identity(rows, teacher_key=k)) for k in ("t-old", "t-other"))
+    size = sum(p.stat().st_size for p in gone.folder.iterdir())
+    assert remove_caches_of("t-old", tmp_path) == (1, size)
+    assert not gone.folder.exists() and kept.folder.exists()
+    assert remove_caches_of("t-old", tmp_path) == (0, 0)

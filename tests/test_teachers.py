@@ -26,7 +26,7 @@ def test_teacher_train_ls_reuse_rm(tmp_path, data_dir, capsys, caplog):
     assert capsys.readouterr().out.splitlines() == trained  # the same keys and accuracies
 
     assert main(["teacher", "rm", keys[0][:8]]) == 0
-    assert f"removed teacher {keys[0]}" in capsys.readouterr().out
+    assert f"removed teacher {keys[0]} and 0 cache(s) of its outputs, 0.0 MB" in capsys.readouterr().out
     assert main(["teacher", "ls"]) == 0
     listing = capsys.readouterr().out
     assert keys[0] not in listing and keys[1] in listing

@@ -51,6 +51,7 @@ from typing import Any
 
 from bench import __version__
 from bench.errors import BenchError
+from bench.workers import WORKER
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def machine_info(pm=None, world_size: int = 1) -> dict[str, Any]:
         **cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
-        "worker": os.environ.get("BENCH_WORKER"),  # "K/N" in `run --jobs N`: N processes shared the cores
+        "worker": os.environ.get(WORKER),  # "K/N" in `run --jobs N`: N processes shared the cores
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -5,7 +5,8 @@ teacher's share of a step. Where they are not, it slows it down: on this project
 (AVX-512 BF16, no AMX) `bench profile --method hrkd --suite mnli --teacher random:bert-base
 --student random:tinybert-4l312 --teacher-precision bf16` spent 1.72 s a step in the teacher
 against 0.78 s in fp32, on 2 threads (autocast also re-casts the fp32 weights at every forward).
-Measure before using it.
+Measure before using it. Without native bf16 (no AVX-512 BF16 or AMX) it is emulated, hundreds of
+times slower than fp32, and a run or profile that asks for it stops before it starts (`check_native`).
 The teacher is frozen, so only its forward is affected; its outputs are handed to the method in
 fp32, and the method's losses are computed in fp32 as before. Teachers are always trained in
 fp32. Runs with a bf16 teacher are stored and reported apart (`kd@bf16`), since their numbers may
@@ -20,6 +21,7 @@ import torch
 
 from bench.api import Batch, ModelOutputs
 from bench.errors import BenchError
+from bench.machine import BF16_FLAGS, cpu_model
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -28,6 +30,19 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise BenchError(f"unknown teacher precision {precision!r}", f"use one of: {', '.join(PRECISIONS)}")
     return precision
+
+
+def check_native(precision: str, device: torch.device, cpu: dict | None = None) -> None:
+    """Refuse a bf16 teacher on a CPU that would emulate it (`cpu`: `machine.cpu_model()`'s record;
+    a CPU whose flags are unknown is let through)."""
+    cpu = cpu_model() if cpu is None else cpu
+    if precision != "bf16" or device.type != "cpu" or "cpu_flags" not in cpu:
+        return
+    if not set(BF16_FLAGS) & set(cpu["cpu_flags"]):
+        raise BenchError(f"--teacher-precision bf16 on {cpu.get('cpu_model') or 'this CPU'}, which has no native "
+                         f"bf16 ({' or '.join(BF16_FLAGS)}): emulated, it runs hundreds of times slower than fp32",
+                         "run with --teacher-precision fp32 (the default), or on a CPU with AVX-512 BF16 or AMX, "
+                         "or on a GPU")
 
 
 def as_fp32(out: ModelOutputs) -> ModelOutputs:

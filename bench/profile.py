@@ -24,6 +24,7 @@ import torch
 from bench.api import DataConfig, Distiller, SuiteSpec
 from bench.data import batch_examples, make_loader
 from bench.errors import BenchError
+from bench.machine import CPU_FLAGS, kernels, machine_info
 from bench.memory import peak_rss_mib
 from bench.models import ModelSpec, build_classifier
 from bench.precision import with_precision
@@ -117,6 +118,7 @@ class Profile:
     cached_wall_seconds: float | None = None
     cached_phases: dict[str, float] | None = None
     epochs: int = 1
+    machine: dict[str, Any] = dataclasses.field(default_factory=dict)  # CPU model and flags, torch's kernels
 
     @property
     def examples_per_second(self) -> float:
@@ -135,6 +137,7 @@ class Profile:
                f"{self.padded_tokens_per_example:.1f} padded tokens per example "
                + (f"(length buckets of {self.length_buckets} batches)" if self.length_buckets
                   else "(no length buckets)"),
+               self._machine_line(),
                f"{'phase':<10} {'ms/step':>9} {'share':>6}"]
         for phase in (*PHASES, "other"):
             seconds = other if phase == "other" else self.phases.get(phase, 0.0)
@@ -158,6 +161,14 @@ class Profile:
                 + ("(GPU, allocated)" if self.device == "cuda" else "(process resident set)"),
                 f"examples/s: {self.examples_per_second:.2f}"]
         return out
+
+
+    def _machine_line(self) -> str:
+        m = self.machine
+        flags = ", ".join(m.get("cpu_flags") or []) or "none of " + ", ".join(CPU_FLAGS)
+        return (f"machine: {m.get('gpu') or m.get('cpu_model') or m.get('cpu') or 'unknown CPU'} (flags: {flags}); "
+                f"torch CPU kernels {m.get('cpu_capability')}, MKL {'yes' if m.get('mkl') else 'no'}, "
+                f"oneDNN {'yes' if m.get('onednn') else 'no'}")
 
 
 def parse_model(ref: str) -> ModelSpec:
@@ -253,7 +264,8 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
                    phases=first_phases, peak_memory_mb=peak, device=device.type,
                    threads=torch.get_num_threads(), teacher_precision=teacher_precision, agreement=agreement,
                    length_buckets=length_buckets, padded_tokens_per_example=timed.tokens / max(timed.examples, 1),
-                   cached_wall_seconds=cached_wall, cached_phases=cached_phases, epochs=epochs if teacher_cache else 1)
+                   cached_wall_seconds=cached_wall, cached_phases=cached_phases, epochs=epochs if teacher_cache else 1,
+                   machine={**machine_info(), **kernels()})
 
 
 @torch.no_grad()

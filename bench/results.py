@@ -40,7 +40,6 @@ import functools
 import json
 import logging
 import os
-import platform
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -51,7 +50,6 @@ from typing import Any
 
 from bench import __version__
 from bench.errors import BenchError
-from bench.workers import WORKER
 
 log = logging.getLogger(__name__)
 
@@ -150,46 +148,6 @@ def git_state() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": dirty}
-
-
-# The instruction sets that decide a CPU's speed here: fp32 matrix products about 3 times faster with
-# AVX-512 than with AVX2 alone; bf16 native with avx512_bf16 or AMX, emulated (hundreds of times
-# slower) without.
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-
-
-def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
-    """The CPU's model name and which of CPU_FLAGS it has (Linux; elsewhere nothing)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return {}
-    fields = dict(line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    return {"cpu_model": fields.get("model name"), "cpu_flags": [f for f in CPU_FLAGS if f in flags]}
-
-
-def machine_info(pm=None, world_size: int = 1) -> dict[str, Any]:
-    import torch
-    import transformers
-
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
-        **cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "worker": os.environ.get(WORKER),  # "K/N" in `run --jobs N`: N processes shared the cores
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "world_size": world_size,
-    }
-    if pm is not None:
-        pm.hook.bench_machine_info(info=info)
-    return info
 
 
 def now_utc() -> str:

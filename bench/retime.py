@@ -18,9 +18,10 @@ import torch
 
 from bench.api import EvalContext
 from bench.errors import BenchError
+from bench.machine import machine_info
 from bench.measure import LatencyConfig, measure_latency
 from bench.models import ModelSpec, build_classifier
-from bench.results import git_state, machine_info, now_utc, read_result, result_paths, write_result
+from bench.results import git_state, now_utc, read_result, result_paths, write_result
 
 log = logging.getLogger(__name__)
 

@@ -40,13 +40,14 @@ from bench.errors import BenchError, unknown_name
 from bench.failures import Failure, clear_failure, record_failure
 from bench.jobs import Job, grid_jobs, shard_jobs
 from bench.locks import FileLock
+from bench.machine import machine_info
 from bench.measure import measure_latency, param_counts
 from bench.memory import peak_rss_mib, release_free_heap, reset_peak_rss
 from bench.models import build_classifier, load_config, load_tokenizer, misaligned_layers
 from bench.plugins import Registry, plugin_version
-from bench.precision import check_precision, with_precision
+from bench.precision import check_native, check_precision, with_precision
 from bench.presets import Preset
-from bench.results import SCHEMA_VERSION, RunKey, git_state, machine_info, now_utc, write_result
+from bench.results import SCHEMA_VERSION, RunKey, git_state, now_utc, write_result
 from bench.significance import encode_labels
 from bench.step import StudentStep
 from bench.teacher_outputs import MODES as CACHE_MODES
@@ -236,6 +237,7 @@ class Runner:
         self.grid = grid
         self.registry = registry
         self.accelerator = make_accelerator()
+        check_native(grid.teacher_precision, self.accelerator.device)
         processes = self.accelerator.num_processes
         for what, config in (("teacher", grid.preset.teacher_train), ("student", grid.preset.student_train)):
             if config.batch_size % processes:

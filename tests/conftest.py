@@ -30,6 +30,14 @@ def data_dir() -> Path:
     return found
 
 
+@pytest.fixture
+def fake_cpu(monkeypatch):
+    """Make the bf16 check see a CPU with these flags: `fake_cpu("avx2")`."""
+    def fake(*flags: str) -> None:
+        monkeypatch.setattr("bench.precision.cpu_model", lambda: {"cpu_model": "Test CPU", "cpu_flags": list(flags)})
+    return fake
+
+
 @pytest.fixture(autouse=True)
 def isolated_store(tmp_path_factory, monkeypatch):
     """Every test gets a fresh teacher store and the default plugins only."""

@@ -10,7 +10,7 @@ from bench.api import Batch, ModelOutputs
 from bench.cli import main
 from bench.errors import BenchError
 from bench.models import ModelSpec, build_classifier
-from bench.precision import AutocastTeacher, as_fp32, check_precision
+from bench.precision import AutocastTeacher, as_fp32, check_native, check_precision
 
 NEEDS = frozenset({"logits", "hidden", "attentions"})
 
@@ -55,7 +55,31 @@ def test_unknown_precisions_are_refused():
         check_precision("fp8")
 
 
-def test_bf16_runs_are_stored_apart_and_record_their_precision(data_dir, tmp_path):
+def test_bf16_is_refused_where_the_cpu_would_emulate_it():
+    avx2 = {"cpu_model": "AMD EPYC 7B13", "cpu_flags": ["avx2"]}
+    with pytest.raises(BenchError) as refused:
+        check_native("bf16", torch.device("cpu"), avx2)
+    what, todo = str(refused.value).splitlines()
+    assert "AMD EPYC 7B13" in what and "no native bf16" in what and "hundreds of times slower" in what
+    assert "--teacher-precision fp32" in todo
+    check_native("fp32", torch.device("cpu"), avx2)
+    check_native("bf16", torch.device("cuda"), avx2)  # a GPU's bf16 does not depend on the host CPU
+    for flags in (["avx2", "avx512f", "avx512_bf16"], ["avx2", "amx_bf16"]):
+        check_native("bf16", torch.device("cpu"), {"cpu_model": "x", "cpu_flags": flags})
+    check_native("bf16", torch.device("cpu"), {})  # flags unknown (not Linux): let through
+
+
+def test_a_bf16_run_on_an_emulating_cpu_stops_before_training(data_dir, tmp_path, fake_cpu, capsys):
+    fake_cpu("avx2", "avx512f")
+    code = main(["run", "--methods", "kd", "--suite", "amazon", "--preset", "smoke", "--domains", "books",
+                 "--results-dir", str(tmp_path), "--data-dir", str(data_dir), "--teacher-precision", "bf16"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Test CPU, which has no native bf16" in err and "--teacher-precision fp32" in err
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_bf16_runs_are_stored_apart_and_record_their_precision(data_dir, tmp_path, fake_cpu):
+    fake_cpu("avx2", "avx512f", "avx512_bf16")  # so that the test runs on any CPU, if slowly
     args = ["run", "--methods", "kd,finetune", "--suite", "amazon", "--preset", "smoke", "--domains", "books",
             "--results-dir", str(tmp_path), "--data-dir", str(data_dir)]
     assert main(args) == 0

@@ -30,6 +30,17 @@ def test_kd_step_is_timed_by_phase(capsys, data_dir, tmp_path):
     assert figures["peak_memory_mb"] > 0
     for phase in (*PHASES, "other"):
         assert any(line.startswith(phase) for line in text.splitlines())
+    machine = figures["machine"]
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert f"torch CPU kernels {machine['cpu_capability']}" in text
+    if "cpu_flags" in machine:  # Linux
+        assert f"machine: {machine['cpu_model']} (flags: " in text
+
+
+def test_a_bf16_profile_on_an_emulating_cpu_is_refused(capsys, data_dir, tmp_path, fake_cpu):
+    fake_cpu("avx2")
+    code, text, figures = profile(capsys, data_dir, tmp_path, "--method", "kd", "--teacher-precision", "bf16")
+    assert code == 2 and "no native bf16" in text and figures is None
 
 
 def test_a_multi_domain_student_takes_a_sub_batch_of_every_domain(capsys, data_dir, tmp_path):
@@ -67,7 +78,8 @@ def test_the_timed_loader_counts_only_after_warm_up():
     assert timer.seconds["student"] >= 0 and timer.ended >= timer.started
 
 
-def test_a_bf16_teacher_is_compared_with_the_fp32_one(capsys, data_dir, tmp_path):
+def test_a_bf16_teacher_is_compared_with_the_fp32_one(capsys, data_dir, tmp_path, fake_cpu):
+    fake_cpu("avx2", "avx512f", "avx512_bf16")  # so that the test runs on any CPU, if slowly
     code, text, figures = profile(capsys, data_dir, tmp_path, "--method", "tinybert", "--domains", "books",
                                   "--batch-per-domain", "4", "--teacher-precision", "bf16")
     assert code == 0

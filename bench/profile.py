@@ -24,7 +24,7 @@ import torch
 from bench.api import DataConfig, Distiller, SuiteSpec
 from bench.data import batch_examples, make_loader
 from bench.errors import BenchError
-from bench.machine import CPU_FLAGS, kernels, machine_info
+from bench.machine import CPU_FLAGS, kernels
 from bench.memory import peak_rss_mib
 from bench.models import ModelSpec, build_classifier
 from bench.precision import with_precision
@@ -162,10 +162,10 @@ class Profile:
                 f"examples/s: {self.examples_per_second:.2f}"]
         return out
 
-
     def _machine_line(self) -> str:
         m = self.machine
-        flags = ", ".join(m.get("cpu_flags") or []) or "none of " + ", ".join(CPU_FLAGS)
+        flags = ("unknown" if "cpu_flags" not in m
+                 else ", ".join(m["cpu_flags"]) or "none of " + ", ".join(CPU_FLAGS))
         return (f"machine: {m.get('gpu') or m.get('cpu_model') or m.get('cpu') or 'unknown CPU'} (flags: {flags}); "
                 f"torch CPU kernels {m.get('cpu_capability')}, MKL {'yes' if m.get('mkl') else 'no'}, "
                 f"oneDNN {'yes' if m.get('onednn') else 'no'}")
@@ -265,7 +265,7 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
                    threads=torch.get_num_threads(), teacher_precision=teacher_precision, agreement=agreement,
                    length_buckets=length_buckets, padded_tokens_per_example=timed.tokens / max(timed.examples, 1),
                    cached_wall_seconds=cached_wall, cached_phases=cached_phases, epochs=epochs if teacher_cache else 1,
-                   machine={**machine_info(), **kernels()})
+                   machine={**runner.machine, **kernels()})
 
 
 @torch.no_grad()

@@ -31,7 +31,8 @@ test: $(STAMP)
 benchmark: $(STAMP)
 	BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m pytest tests/benchmarks --benchmark-only --benchmark-json=.benchmarks/last.json
 
-# Two worker processes share the cores: on 2 cores they train 1.3 times as fast as one (docs/SETTINGS.md).
+# Two 1-thread worker processes share the cores: on 2 cores they train 1.3 times as fast as one 2-thread
+# process (docs/SETTINGS.md).
 JOBS ?= 2
 bench: $(STAMP)
 	BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods hrkd,kd,tinybert --suite mnli --jobs $(JOBS)
@@ -45,11 +46,12 @@ FEW_SHOT_METHODS := finetune,tinybert,metakd,hrkd
 # Seed by seed, so that a grid stopped part-way leaves whole seeds of every method behind.
 grid: $(STAMP)
 	for suite in amazon mnli; do for seed in 1 2 3; do \
-	  BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods $(ALL_METHODS) --suite $$suite --seeds $$seed --resume \
+	  BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods $(ALL_METHODS) --suite $$suite --seeds $$seed \
+	    --results-dir results/runs --jobs $(JOBS) --resume \
 	  || exit 1; done; done
 	for ratio in 0.1 0.01; do \
 	  BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods $(FEW_SHOT_METHODS) --suite mnli --seeds 1,2,3 \
-	    --train-ratio $$ratio --resume || exit 1; done
+	    --train-ratio $$ratio --results-dir results/runs --jobs $(JOBS) --resume || exit 1; done
 	$(PY) -m bench retime --results-dir results/runs
 	$(PY) -m bench report --results-dir results/runs --plots results/plots --ratios results/plots > /dev/null
 	$(PY) -m bench report --results-dir results/runs --write results/README.md

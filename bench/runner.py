@@ -327,11 +327,12 @@ class Runner:
                 written += self.attempt(job)
             finally:
                 lock.release()
-        for job in deferred:
+        for job in deferred:  # the lock comes when the other process finishes, fails or dies
             with FileLock(job.lock_path(self.grid.results_dir)) if self.main else contextlib.nullcontext():
                 if done_elsewhere(job):
                     log.info("%s was finished by another process", job.describe())
                     continue
+                log.info("%s: the other process stopped without its result; running it here", job.describe())
                 written += self.attempt(job)
         return written
 
@@ -778,8 +779,8 @@ class Runner:
         for d in [domain] if domain else list(self.grid.domains):
             if d not in self._rows_digests:
                 self._rows_digests[d] = rows_digest(self.data(d).tokenized("train", self.student_tokenizer))
-            identity = cache_identity(teachers[d].key, d, self._rows_digests[d], self.grid.teacher_precision,
-                                      self.grid.preset.student.ref)
+            identity = cache_identity(teachers[d].key, teachers[d].weights_digest(), d, self._rows_digests[d],
+                                      self.grid.teacher_precision, self.grid.preset.student.ref)
             key = json.dumps(identity, sort_keys=True)
             if key not in self._output_caches:  # refresh: the main process empties it, once per grid
                 refresh = self.grid.teacher_cache == "refresh" and self.main

@@ -1,11 +1,13 @@
 """The teacher-output cache: each training row's teacher outputs, computed once, then reused by every
 later epoch, seed and method that reads them from the same teacher on the same rows.
 
-One folder per (teacher, domain, tokenised training rows, teacher precision, library versions,
-format) under `<cache root>/teacher-outputs/<key>/`; the key hashes all of them, so a retrained
-teacher, other rows or other code never find an old folder (`python -m bench cache ls|clear`). A
-folder holds `cache.json` (what it is) and chunk files: each holds the outputs one batch needed
-for the first time, written to a temporary name and renamed, so a killed run leaves no half chunk.
+One folder per (teacher: its store key and a digest of its weights; domain, tokenised training rows,
+teacher precision, library versions, format) under `<cache root>/teacher-outputs/<key>/`; the key
+hashes all of them, so a retrained teacher (even one stored under the same key: the store key names
+its configuration only), other rows or other code never find an old folder (`python -m bench cache
+ls|clear`). A folder holds `cache.json` (what it is) and chunk files: each holds the outputs one
+batch needed for the first time, written to a temporary name and renamed, so a killed run leaves
+no half chunk.
 
 Rows are kept without padding: real tokens only (an attention map: its real query-key block). A
 batch read back is padded again with zeros (scores: the additive mask's value), so the harness uses
@@ -56,13 +58,16 @@ def rows_digest(rows) -> str:
     return h.hexdigest()
 
 
-def cache_identity(teacher_key: str, domain: str, rows: str, precision: str, tokenizer: str) -> dict[str, Any]:
-    """What a cache's outputs depend on. `rows` digests the rows' ids in the student's `tokenizer`, which
-    the teacher's own ids are mapped from when the two vocabularies differ."""
+def cache_identity(teacher_key: str, weights: str, domain: str, rows: str, precision: str,
+                   tokenizer: str) -> dict[str, Any]:
+    """What a cache's outputs depend on. `weights` digests the teacher's weights (`StoredTeacher.weights_digest`):
+    its store key names how it was trained, not what came of it. `rows` digests the rows' ids in the student's
+    `tokenizer`, which the teacher's own ids are mapped from when the two vocabularies differ."""
     import transformers
 
-    return {"format": FORMAT, "teacher": teacher_key, "domain": domain, "rows": rows, "tokenizer": tokenizer,
-            "precision": precision, "torch": torch.__version__, "transformers": transformers.__version__}
+    return {"format": FORMAT, "teacher": teacher_key, "weights": weights, "domain": domain, "rows": rows,
+            "tokenizer": tokenizer, "precision": precision, "torch": torch.__version__,
+            "transformers": transformers.__version__}
 
 
 def identity_key(identity: dict[str, Any]) -> str:
@@ -327,8 +332,8 @@ def list_caches(root: Path | None = None) -> list[dict[str, Any]]:
 
 
 def remove_caches_of(teacher_key: str, root: Path | None = None) -> tuple[int, int]:
-    """Remove every cache of `teacher_key`'s outputs: a teacher trained again under that key (after
-    `teacher rm`) has other weights, and the key does not hash them. (folders, bytes) removed."""
+    """Remove every cache of `teacher_key`'s outputs (`teacher rm`): no later run reads them, as a teacher
+    trained again under that key has other weights, so other caches. (folders, bytes) removed."""
     mine = [c for c in list_caches(root) if c["identity"].get("teacher") == teacher_key]
     for c in mine:
         shutil.rmtree((root or outputs_root()) / c["key"], ignore_errors=True)

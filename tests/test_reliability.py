@@ -6,8 +6,10 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import pandas as pd
@@ -23,10 +25,14 @@ from bench.presets import get_preset
 from bench.runner import Grid
 from bench.workers import cores
 
-# A third party's plugin: two methods that are Hinton KD until they fail, one with a NaN loss part
-# from its 3rd step on, one with an exception in its loss (unless CRASH_OFF is set: then it is kd).
+# A third party's plugin: three methods that are Hinton KD until they fail, one with a NaN loss part
+# from its 3rd step on, one with an exception in its loss (unless CRASH_OFF is set: then it is kd),
+# one whose process, given HOLD_AT_STEP, stops there until HOLD_RELEASE exists and then dies by SIGKILL.
 FAULTY = '''
 import os
+import signal
+import time
+from pathlib import Path
 
 from bench.hookspecs import hookimpl
 from bench_plugins.distillers.kd import KD
@@ -52,10 +58,25 @@ class CrashKD(KD):
         return super().loss(batch, student_out, teacher_out, stage)
 
 
+class HeldKD(KD):
+    name = "held-kd"
+
+    def loss(self, batch, student_out, teacher_out, stage):
+        self.calls = getattr(self, "calls", 0) + 1
+        if os.environ.get("HOLD_AT_STEP") == str(self.calls):
+            Path(os.environ["HOLD_MARKER"]).touch()  # the run's lock is held, its training half done
+            deadline = time.monotonic() + 300
+            while not Path(os.environ["HOLD_RELEASE"]).exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().loss(batch, student_out, teacher_out, stage)
+
+
 @hookimpl
 def bench_register_distillers(register):
     register(NanKD)
     register(CrashKD)
+    register(HeldKD)
 '''
 
 # `<method> on <suite>/<domain> seed <N>: accuracy <x> -> <path>`: the line of each result written
@@ -232,6 +253,54 @@ def test_two_grids_at_once_train_each_run_and_teacher_once(data_dir, tmp_path):
     assert {records[("kd", d, s)]["teacher"]["key"] for d in ("books", "dvd") for s in (1, 2)} == set(keys.values())
     assert sorted(p.name for p in (cache / "teachers").iterdir() if not p.name.startswith(".")) == sorted(
         keys.values())
+
+
+def wait_for(condition, proc, log, what, timeout=300):
+    """Poll `condition` until it holds; fail with `proc`'s log if it exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not seen (exit status {proc.poll()})\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
+def test_a_run_held_by_a_killed_grid_is_taken_over_by_the_grid_waiting_for_it(plugin_root, data_dir, tmp_path):
+    """The first grid dies by SIGKILL mid-run, the run's lock held; the second, waiting to come back
+    to that run, takes it over once the lock goes with the dead process (with --resume, from the
+    dead one's checkpoint) and writes its result, once."""
+    results = tmp_path / "results"
+    env = bench_env(data_dir, tmp_path / "cache", plugin_root)
+    held, release = tmp_path / "held", tmp_path / "release"
+    args = run_args("held-kd", "books", results, "--checkpoint-every", "2", "--resume")
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    procs = []
+    try:
+        for log, extra in zip(logs, ({"HOLD_AT_STEP": "5", "HOLD_MARKER": str(held), "HOLD_RELEASE": str(release)},
+                                     {})):
+            with open(log, "w") as out:
+                procs.append(subprocess.Popen(args, env={**env, **extra}, stdout=out, stderr=subprocess.STDOUT))
+            if extra:  # the second grid starts once the first holds the run at its 5th step
+                wait_for(held.exists, procs[0], logs[0], "the first grid holding the run")
+        first, second = procs
+        wait_for(lambda: "is running in another process: coming back to it at the end" in logs[1].read_text(),
+                 second, logs[1], "the second grid leaving the run for later")
+        release.touch()
+        assert first.wait(timeout=300) == -signal.SIGKILL, logs[0].read_text()[-3000:]
+        assert second.wait(timeout=600) == 0, logs[1].read_text()[-3000:]
+    finally:
+        for proc in procs:  # none left behind when the test fails midway
+            if proc.poll() is None:
+                proc.kill()
+
+    texts = [log.read_text() for log in logs]
+    assert [len(WRITTEN.findall(t)) for t in texts] == [0, 1]  # the second wrote it, once
+    assert "held-kd on amazon/books seed 1: the other process stopped without its result; running it here" \
+        in texts[1] and "was finished by another process" not in texts[1]
+    assert "held-kd books s1: resuming at step 4/12" in texts[1]  # the first's last checkpoint
+    assert "training teacher" in texts[0] and "training teacher" not in texts[1]  # the teacher the first stored
+    assert result_files(results) == {"amazon/smoke/held-kd/books/seed1.json"}
+    check_record(json.loads(result_path(results, "held-kd", "books").read_text()), "held-kd", "books")
+    assert not (results / ".failed").exists() and not list((results / ".checkpoints").rglob("*.pt"))
 
 
 def test_jobs_share_one_grid_among_workers_and_report_once(data_dir, tmp_path):

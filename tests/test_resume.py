@@ -1,8 +1,10 @@
-"""A run killed with SIGKILL mid-training and resumed with --resume ends exactly as an
-uninterrupted run: same dev curve, same selected checkpoints, same test metrics."""
+"""A run killed with SIGKILL mid-training (also while it fills the teacher-output cache) and resumed
+with --resume ends exactly as an uninterrupted run: same dev curve, same selected checkpoints, same
+test metrics."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,6 +84,11 @@ def outcome(results, method, domain):
     return record["metrics"]["accuracy"], record["metrics"]["macro_f1"], record["train"]["selected_step"], history
 
 
+def predictions(results, method, domain):
+    record = json.loads((results / "amazon" / "smoke" / method / domain / "seed1.json").read_text())
+    return record["test"]
+
+
 # (method, domains, the step to die at): in the second stage after a checkpoint at its step 4; right
 # after an epoch's last step (step 7: the checkpoint at step 6 ends epoch one); in a joint training.
 CASES = [("doomed-tinybert", "books", 17), ("doomed-tinybert", "books", 7), ("doomed-mtl", "books,dvd", 5)]
@@ -108,6 +115,38 @@ def test_a_killed_run_resumes_to_the_same_result(method, domains, die_at, plugin
         # the training time counts what the killed process spent too, as the fits' wall time does
         assert record["timings"]["train_seconds"] >= record["train"]["wall_seconds"] > 0
     assert not list((tmp_path / "killed" / ".checkpoints").rglob("*.pt"))  # a finished run keeps none
+
+
+def test_a_run_killed_while_filling_the_teacher_output_cache_resumes_to_the_same_result(plugin_env, data_dir,
+                                                                                       tmp_path):
+    """The first epoch of a cached run writes the teacher's outputs chunk by chunk; killed there, the
+    resumed run reads what the killed one wrote (batches after its last checkpoint among them), has
+    the teacher compute the rest, and ends as the run that was never killed, losses included."""
+    cache = tmp_path / "cache"
+    env = {**plugin_env, "BENCH_DATA_DIR": str(data_dir), "BENCH_CACHE_DIR": str(cache)}
+    outputs = cache / "teacher-outputs"
+
+    def chunks():
+        return len(list(outputs.rglob("*.safetensors")))
+
+    whole = bench_run(env, "doomed-tinybert", "books", tmp_path / "whole")  # fills the cache in its first epoch
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    filled = chunks()
+    shutil.rmtree(outputs)  # the teacher stays in the store; its outputs are cached afresh
+
+    # killed at the 4th of the first epoch's 6 steps, after a checkpoint at step 2: batches 1-4 cached
+    killed = bench_run(env, "doomed-tinybert", "books", tmp_path / "killed", "--checkpoint-every", "2",
+                       die_at=4, marker=tmp_path / "died")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert 0 < chunks() < filled and not list(outputs.rglob("*.tmp"))
+
+    resumed = bench_run(env, "doomed-tinybert", "books", tmp_path / "killed", "--checkpoint-every", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "doomed-tinybert books s1 intermediate: resuming at step 2/12" in resumed.stderr
+    assert chunks() == filled  # batches 3 and 4 read from the killed run's chunks, 5 and 6 computed and added
+    for what in (outcome, predictions):  # test metrics, selected step, dev history with its losses; predictions
+        assert what(tmp_path / "killed", "doomed-tinybert", "books") == what(tmp_path / "whole", "doomed-tinybert",
+                                                                             "books"), what.__name__
 
 
 def test_without_resume_a_killed_runs_checkpoints_are_discarded(plugin_env, data_dir, tmp_path):

@@ -66,7 +66,7 @@ def batch_of(rows, domain, indices):
 
 
 def identity(rows, domain="books", teacher_key="teacher0"):
-    return cache_identity(teacher_key, domain, rows_digest(rows[0][domain]), "fp32", "random:tiny")
+    return cache_identity(teacher_key, "weights0", domain, rows_digest(rows[0][domain]), "fp32", "random:tiny")
 
 
 def live(teacher, batch):
@@ -529,15 +529,42 @@ def test_a_batchs_new_outputs_are_written_before_the_student_forward_and_first_r
 
 
 def test_the_key_changes_with_everything_the_outputs_depend_on(rows):
-    """Another teacher, domain, rows, precision or tokenizer gives another folder."""
-    base = dict(teacher_key="teacher0", domain="books", rows=rows_digest(rows[0]["books"]), precision="fp32",
-                tokenizer="random:tiny")
-    changes = {"teacher_key": "teacher1", "domain": "dvd", "rows": rows_digest(rows[0]["books"].select(range(5))),
-               "precision": "bf16", "tokenizer": "pkg:all-MiniLM-L6-v2"}
+    """Another teacher (or its weights), domain, rows, precision or tokenizer gives another folder."""
+    base = dict(teacher_key="teacher0", weights="weights0", domain="books", rows=rows_digest(rows[0]["books"]),
+                precision="fp32", tokenizer="random:tiny")
+    changes = {"teacher_key": "teacher1", "weights": "weights1", "domain": "dvd",
+               "rows": rows_digest(rows[0]["books"].select(range(5))), "precision": "bf16",
+               "tokenizer": "pkg:all-MiniLM-L6-v2"}
     keys = {identity_key(cache_identity(**base))} | {
         identity_key(cache_identity(**(base | {name: value}))) for name, value in changes.items()}
     assert len(keys) == 1 + len(changes)
     assert identity_key(cache_identity(**base)) == identity_key(cache_identity(**dict(base)))  # and only with them
+
+
+def test_teachers_under_one_store_key_with_other_weights_get_other_caches(data_dir, teacher, tmp_path):
+    """The store key hashes a teacher's configuration, not its weights: one trained again under the same
+    key (after `teacher rm`, or with other floating-point results) must not read the other's outputs."""
+    import copy
+
+    from bench.runner import Grid, Runner
+    from bench.teachers import StoredTeacher
+
+    registry = get_registry()
+    grid = Grid(suite=registry.suite("amazon"), preset=get_preset("smoke"), methods=[registry.distiller("kd")],
+                domains=["books"], seeds=[1], data=DataConfig(str(data_dir)), results_dir=str(tmp_path / "results"))
+    runner = Runner(grid, registry)
+    runner.outputs_root = tmp_path / "outputs"
+
+    def folder(model):
+        view = runner.cached_teacher(model, {"books": StoredTeacher("t0", model, {}, False, None)}, "books")
+        return view.caches[0].folder
+
+    retrained = copy.deepcopy(teacher)
+    with torch.no_grad():
+        retrained.heads[0].weight[0, 0] += 1e-6  # one weight, in its last digits
+    assert folder(copy.deepcopy(teacher)) == folder(teacher)  # the same weights: the same cache
+    assert folder(retrained) != folder(teacher)
+    assert len(list_caches(runner.outputs_root)) == 2
 
 
 def test_removing_a_teacher_removes_its_cached_outputs(rows, teacher, tmp_path):

@@ -1,11 +1,15 @@
-"""The teacher store through the CLI: train, list, reuse, remove; and the dry-run plan."""
+"""The teacher store through the CLI: train, list, reuse, remove; the digest of each teacher's weights;
+and the dry-run plan."""
 
+import json
 import logging
 
 import pytest
+import torch
 
 import bench.models
 from bench.cli import main
+from bench.teachers import TeacherStore, get_or_train_teacher, teacher_key
 
 
 def test_teacher_train_ls_reuse_rm(tmp_path, data_dir, capsys, caplog):
@@ -34,6 +38,52 @@ def test_teacher_train_ls_reuse_rm(tmp_path, data_dir, capsys, caplog):
     assert "no stored teacher with a key starting 'zzzz'" in capsys.readouterr().err
 
 
+def stored_teacher(store, kind, shift):
+    """A teacher of `kind` under one fixed key, its weights moved by `shift` (each domain's by another
+    multiple of it), as trained and stored by `get_or_train_teacher`."""
+    identity = {"model": {"ref": "random:tiny", "init": "random", "layers": None}, "suite": "amazon",
+                "kind": kind, "seed": 1, **({"domains": ["books", "dvd"], "heads": 2} if kind == "multi"
+                                            else {"domain": "books"})}
+
+    def train(model):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(shift)
+        states = {d: {k: v + i * shift for k, v in model.state_dict().items()} for i, d in enumerate(("books", "dvd"))}
+        return {"dev_accuracy": 0.5, "test_accuracy": 0.5}, states if kind == "multi" else None, None
+
+    return teacher_key(identity), get_or_train_teacher(identity, 2, train, store)
+
+
+@pytest.mark.parametrize("kind", ["single", "multi"])
+def test_the_store_keeps_a_digest_of_each_teachers_weights(tmp_path, kind):
+    """Recorded when the teacher is stored (a multi teacher: one per domain's checkpoint) and read back
+    with it; a teacher stored before digests were kept gets one computed from its weights; one trained
+    again under the same key with other weights gets another."""
+    store = TeacherStore(tmp_path)
+    key, trained = stored_teacher(store, kind, 1e-3)
+    digests = {d: t.weights_digest() for d, t in trained.items()}
+    assert all(t.trained_now and len(d) == 64 for d, t in zip(digests.values(), trained.values()))
+    meta = store.path(key) / "teacher.json"
+    info = json.loads(meta.read_text())
+    assert info["weights_digests"] == ({"model": digests["books"]} if kind == "single" else digests)
+    if kind == "multi":
+        assert digests["books"] != digests["dvd"]
+
+    _, loaded = stored_teacher(store, kind, 1e-3)
+    assert {d: t.weights_digest() for d, t in loaded.items()} == digests and not loaded["books"].trained_now
+    del info["weights_digests"]  # as stored before digests were kept
+    meta.write_text(json.dumps(info))
+    _, old = stored_teacher(store, kind, 1e-3)
+    assert old["books"].digest is None
+    assert {d: t.weights_digest() for d, t in old.items()} == digests  # computed from the weights
+
+    store.remove(key)
+    again_key, again = stored_teacher(store, kind, 2e-3)
+    assert again_key == key and again["books"].trained_now
+    assert all(again[d].weights_digest() != digests[d] for d in digests)
+
+
 def test_dry_run_plans_without_loading_any_model(tmp_path, data_dir, capsys, monkeypatch):
     def no_models(ref):
         raise AssertionError(f"the plan must not resolve {ref}")
@@ -60,7 +110,7 @@ def test_every_preset_is_listed_with_its_models(preset, capsys):
 
 def test_a_preset_sizes_each_suite_as_it_says(tmp_path, data_dir, capsys, monkeypatch):
     """cpu trains on every MNLI pair of a genre (fiction: 3,452, the first 90% of its train rows), the
-    teacher 3 epochs, the student 5 (Amazon: 800 reviews, teacher 2 epochs, student 3): the plan uses them."""
+    teacher 3 epochs, the student 5 (Amazon: 800 reviews, teacher 2 epochs, student 5): the plan uses them."""
     def no_models(ref):
         raise AssertionError(f"the plan must not resolve {ref}")
 
@@ -72,4 +122,4 @@ def test_a_preset_sizes_each_suite_as_it_says(tmp_path, data_dir, capsys, monkey
     assert lines[3] == "fiction: kd seed 1: 17260 examples (+ teacher forwards)"  # student: 5 epochs x 3452
     assert main(["run", "--dry-run", "--methods", "kd", "--suite", "amazon", "--domains", "books",
                  "--results-dir", str(tmp_path), "--data-dir", str(data_dir)]) == 0
-    assert "books: kd seed 1: 2400 examples (+ teacher forwards)" in capsys.readouterr().out  # 3 x 800
+    assert "books: kd seed 1: 4000 examples (+ teacher forwards)" in capsys.readouterr().out  # 5 x 800

@@ -436,3 +436,48 @@ def test_smoke_run_on_amazon(tmp_path, data_dir):
             assert len(r) == 2 and sum(r) == pytest.approx(1.0, abs=1e-5)
         assert [np.array(h).shape for h in t["hierarchical_ratios"]] == [(2, 2), (2, 3)]
     assert sum(t["steps_averaged"] for t in traces) == train["steps"]
+
+
+def numbers(value):
+    """Every number in a history entry's value (a loss part, or the trace's nested lists), in order."""
+    if isinstance(value, dict):
+        return [n for k in sorted(value) for n in numbers(value[k])]
+    if isinstance(value, list):
+        return [n for v in value for n in numbers(v)]
+    return [value] if isinstance(value, (int, float)) else []
+
+
+def test_runs_with_and_without_the_teacher_cache_agree(tmp_path, data_dir, monkeypatch):
+    """hrkd on Amazon smoke, the multi teacher's outputs cached (one cache per domain, filled in the first
+    epoch) or not: the same test accuracy, selected step and dev curve; losses and the graph's ratios to the
+    tolerance the host's cache test uses."""
+    from bench.cli import main
+    from bench.plugins import Registry, make_plugin_manager, set_registry
+
+    pm = make_plugin_manager(load_entry_points=False)
+    pm.register(hrkd_module, name="hrkd")
+    set_registry(Registry.build(pm))
+    outputs = tmp_path / "store" / "teacher-outputs"
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "store"))  # one teacher for both runs
+    records, folders = {}, {}
+    for mode in ("off", "use"):
+        assert main(["run", "--methods", "hrkd", "--suite", "amazon", "--preset", "smoke", "--domains", "books,dvd",
+                     "--teacher-cache", mode, "--results-dir", str(tmp_path / mode), "--data-dir", str(data_dir)]) == 0
+        records[mode] = {d: json.loads((tmp_path / mode / "amazon" / "smoke" / "hrkd" / d / "seed1.json").read_text())
+                         for d in ("books", "dvd")}
+        folders[mode] = sorted(json.loads(p.read_text())["domain"] for p in outputs.glob("*/cache.json"))
+    assert folders == {"off": [], "use": ["books", "dvd"]}  # the cached run read through a cache per domain
+
+    for domain in ("books", "dvd"):
+        off, use = records["off"][domain], records["use"][domain]
+        assert (off["teacher"]["cache"], use["teacher"]["cache"]) == ("off", "use")
+        assert off["teacher"]["key"] == use["teacher"]["key"]
+        assert use["metrics"]["accuracy"] == off["metrics"]["accuracy"], domain
+        assert use["train"]["selected_step"] == off["train"]["selected_step"], domain
+        assert use["train"]["best_dev_accuracy"] == off["train"]["best_dev_accuracy"], domain
+        assert len(use["train"]["history"]) == len(off["train"]["history"]) == 4
+        for h, h_off in zip(use["train"]["history"], off["train"]["history"]):
+            assert set(h) == set(h_off) and h["step"] == h_off["step"]
+            assert h["dev_accuracy"] == h_off["dev_accuracy"], (domain, h["step"])
+            for part in set(h) - {"step", "dev_accuracy"}:
+                assert numbers(h[part]) == pytest.approx(numbers(h_off[part]), rel=1e-3), (domain, part, h["step"])

@@ -2,7 +2,9 @@
 
 AdamW with weight decay (none on biases and LayerNorm), linear warm-up then linear decay,
 grad-norm clipping, dev evaluation every K steps; the best dev checkpoint is the one kept.
-Written against `accelerate.Accelerator`, so `accelerate launch` runs it unchanged.
+Written against `accelerate.Accelerator`, so `accelerate launch` runs it unchanged. With several
+processes, a step that fails on any of them (an exception, a loss that is not finite) stops the
+run on all of them at that step (`check_finite`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import math
 import os
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -96,19 +99,82 @@ class NonFiniteLoss(BenchError):
     """A loss that became NaN or infinite: the run stops at that step, before the weights are spoilt."""
 
 
-def check_finite(loss: torch.Tensor, parts: dict[str, torch.Tensor], desc: str, step: int, accelerator) -> None:
-    """Raise NonFiniteLoss when `loss` is not finite on any process (all stop together, or the
-    others would wait forever at the next gradient all-reduce)."""
-    finite = torch.isfinite(loss.detach())
+class ProcessFailed(BenchError):
+    """Another process of the run raised in its step: this one stops the run at the same step."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in another process, as text: a ProcessFailed's cause,
+    so that the run's failure record holds it."""
+
+    def __str__(self) -> str:
+        return f"\n\n{self.args[0]}"
+
+
+OK, NON_FINITE, RAISED = 0.0, 1.0, 2.0  # a process's state at the end of its part of a step
+
+
+def check_finite(loss: torch.Tensor | None, parts: dict[str, torch.Tensor], desc: str, step: int, accelerator,
+                 raised: Exception | None = None) -> None:
+    """Stop the run on every process at this step when any process's part of it failed: where a
+    loss is NaN or infinite with NonFiniteLoss; where a process raised (`raised`), there with its
+    own exception and on the others with ProcessFailed. The processes' states travel in one
+    all-reduce; without it the others would wait forever at the next gradient all-reduce."""
+    if raised is not None and accelerator.num_processes == 1:
+        raise raised
+    states = torch.zeros(accelerator.num_processes, device=accelerator.device)  # each process's, at its index
+    states[accelerator.process_index] = RAISED if raised is not None else torch.where(
+        torch.isfinite(loss.detach()).all(), OK, NON_FINITE)
     if accelerator.num_processes > 1:
-        finite = accelerator.reduce(finite.to(torch.float32).reshape(1), reduction="sum") == accelerator.num_processes
-    if bool(finite.all()):
+        states = accelerator.reduce(states, reduction="sum")
+    states = states.tolist()  # the step's one wait for the device
+    if RAISED in states:
+        stop_after_failure(raised, states.index(RAISED), desc, step, accelerator)
+    if NON_FINITE not in states:
         return
     bad = ", ".join(f"{k}={v.item():g}" for k, v in parts.items() if not torch.isfinite(v.detach()).all())
     raise NonFiniteLoss(
         f"{desc}: the loss is {loss.item():g} at step {step}" + (f" ({bad})" if bad else " on another process"),
         "lower the learning rate (and check the method's loss for a log of 0 or a division by 0); "
         "the run is stopped, the grid goes on")
+
+
+def stop_after_failure(raised: Exception | None, failed: int, desc: str, step: int, accelerator) -> None:
+    """Raise on every process once process `failed` raised: that one its own exception, the others
+    a ProcessFailed with its error and traceback, which only it holds (gathered on this path only)."""
+    import torch.distributed as dist
+
+    errors = [None] * accelerator.num_processes
+    dist.all_gather_object(errors, None if raised is None else (one_line(raised), "".join(
+        traceback.format_exception(raised))))
+    if raised is not None:
+        raise raised
+    error, trace = errors[failed]
+    raise ProcessFailed(f"{desc}: process {failed} of {accelerator.num_processes} raised at step {step}: {error}",
+                        f"process {failed}'s traceback opens the run's traceback file (under .failed/); the run "
+                        "is stopped on every process, the grid goes on") from RemoteTraceback(trace)
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: the first line of its message`, as a failure record names an error."""
+    text = exc.what if isinstance(exc, BenchError) else str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def local_step(compute_loss: Callable, batch, accelerator, timer: Callable[[str], contextlib.AbstractContextManager]
+               ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, Exception | None]:
+    """This process's part of a step: forward, loss, backward; `(parts, loss, None)`. With several
+    processes an exception is returned, `({}, None, exc)`, for check_finite to tell the others."""
+    try:
+        parts = compute_loss(batch)
+        loss = sum(parts.values())
+        with timer("backward"):
+            accelerator.backward(loss)
+    except Exception as exc:  # noqa: BLE001 - the others must hear of it, or they wait for this process forever
+        if accelerator.num_processes == 1:
+            raise
+        return {}, None, exc
+    return parts, loss, None
 
 
 def make_accelerator():
@@ -252,15 +318,16 @@ def fit(
     creep = HeapCreep()
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True, leave=False,
                disable=None if accelerator.is_main_process else True)
+    raised = None  # an exception of this process's own work between steps, told to the others at the next step
     while step < total:
         for batch in train_loader:
             for m in trained:
                 m.train()
-            parts = compute_loss(batch)
-            loss = sum(parts.values())
-            check_finite(loss, parts, desc, step + 1, accelerator)
+            # Each process's part of the step, then one all-reduce of whether it failed: every process
+            # stops together, before the gradient all-reduce that a failed one would never join.
+            parts, loss, failed = local_step(compute_loss, batch, accelerator, timer)
+            check_finite(loss, parts, desc, step + 1, accelerator, raised or failed)
             with timer("backward"):
-                accelerator.backward(loss)
                 average_gradients(params, accelerator)
             with timer("optimizer"):
                 if config.max_grad_norm:
@@ -301,7 +368,12 @@ def fit(
                         selections[key] = Selection(step, value, *snapshot)
             if (checkpoint is not None and checkpoint_every and step % checkpoint_every == 0 and step < total
                     and accelerator.is_main_process):
-                save_checkpoint()
+                try:
+                    save_checkpoint()
+                except Exception as exc:  # noqa: BLE001 - the main process alone writes: the others hear of it
+                    if accelerator.num_processes == 1:
+                        raise
+                    raised = exc
             if step >= total:
                 break
         else:  # a whole pass: the next one is the next epoch's

@@ -49,6 +49,19 @@ def isolated_store(tmp_path_factory, monkeypatch):
     set_registry(None)
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_kept():
+    """A test that changes torch's thread count must put it back: the tests after it would run, and
+    time, on its count."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if (after := torch.get_num_threads()) != before:
+        torch.set_num_threads(before)
+        pytest.fail(f"the test left torch on {after} threads, not {before}: restore the count it changed")
+
+
 @pytest.fixture(scope="session")
 def packaged_cache(tmp_path_factory) -> Path:
     """One assembled all-mpnet-base-v2 for the session, shared by every test that needs it

@@ -6,6 +6,11 @@ Dropout is switched off in both runs (a launcher script sets the smoke shapes' d
 runs the ordinary CLI): each process draws its own masks, so with dropout a 2-process run is
 another sample of the same training, and on the smoke preset's 16 test rows a sample can differ
 from another by half the rows. Without it the two runs compute the same steps, up to rounding.
+
+What a single process cannot show: an exception on one process only (in its step, or in the main
+process's checkpoint write) fails that run on both in bounded time and the grid goes on; a batch
+the processes cannot split is refused with a two-line error; a dev or test set whose last batch
+does not split evenly is predicted as by one process, each row once, in row order.
 """
 
 import json
@@ -58,11 +63,8 @@ def one_and_two(tmp_path_factory, data_dir):
     single = subprocess.run([sys.executable, str(launcher), "run", *GRID, "--results-dir", str(root / "one")],
                             env=bench_env(data_dir, root / "cache1"), capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(free_port()), str(launcher), "run", *GRID, "--results-dir", str(root / "two")]
-    double = subprocess.run(launch, env=bench_env(data_dir, root / "cache2"), capture_output=True, text=True,
-                            timeout=600)
+    launch = accelerate_launch(launcher, "run", *GRID, "--results-dir", str(root / "two"))
+    double = run_launched(launch, bench_env(data_dir, root / "cache2"), timeout=600)
     assert double.returncode == 0, double.stderr[-3000:]
     return records(root / "one"), records(root / "two"), double
 
@@ -88,3 +90,211 @@ def test_two_processes_follow_the_one_process_run(one_and_two):
         assert one[run]["metrics"]["accuracy"] == two[run]["metrics"]["accuracy"]
         assert one[run]["metrics"]["macro_f1"] == pytest.approx(two[run]["metrics"]["macro_f1"])
         assert one[run]["teacher"] is None or one[run]["teacher"]["key"] == two[run]["teacher"]["key"]
+
+
+def accelerate_launch(script: Path, *args: str) -> list[str]:
+    """The command that runs `script args` as 2 CPU processes (gloo) on a free port."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port()), str(script), *args]
+
+
+def run_launched(cmd: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `cmd`; past `timeout` stop it and fail. The launcher is stopped with SIGTERM, on which it
+    stops its processes (each in a session of its own: killing the launcher would leave them
+    waiting at a collective forever)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"still running after {timeout} s; its log ends:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+# --- an exception on one process only ends the run on every process -----------------------------
+
+# A method that is finetune until its 2nd step on process 1, where its loss raises; registered by
+# the script itself, then the ordinary CLI runs.
+CRASH_LAUNCHER = '''
+import os
+import sys
+
+from bench_plugins.distillers.finetune import FineTune
+
+from bench.cli import main
+from bench.hookspecs import hookimpl
+from bench.plugins import Registry, make_plugin_manager, set_registry
+
+
+class CrashOnOne(FineTune):
+    name = "crash-on-1"
+
+    def loss(self, batch, student_out, teacher_out, stage):
+        self.calls = getattr(self, "calls", 0) + 1
+        if os.environ["RANK"] == "1" and self.calls == 2:
+            raise RuntimeError("boom on process 1")
+        return super().loss(batch, student_out, teacher_out, stage)
+
+
+@hookimpl
+def bench_register_distillers(register):
+    register(CrashOnOne)
+
+
+pm = make_plugin_manager()
+pm.register(sys.modules[__name__], name="crash_plugin")
+set_registry(Registry.build(pm))
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_an_exception_on_one_process_fails_the_run_on_every_process(tmp_path, data_dir):
+    """Process 1 raises at step 2; process 0 must not wait for it at the next collective: the run
+    is recorded as failed, naming process 1 and its error, and the grid's next run completes."""
+    launcher = tmp_path / "bench_crash_on_1.py"
+    launcher.write_text(CRASH_LAUNCHER)
+    results = tmp_path / "results"
+    cmd = accelerate_launch(launcher, "run", "--methods", "crash-on-1,finetune", "--suite", "amazon",
+                            "--preset", "smoke", "--domains", "books", "--results-dir", str(results))
+    proc = run_launched(cmd, bench_env(data_dir, tmp_path / "cache"))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    failed = results / ".failed/amazon/smoke/crash-on-1/books"
+    failure = json.loads((failed / "seed1.json").read_text())
+    assert failure["error"]["type"] == "ProcessFailed"
+    assert failure["error"]["message"] == ("crash-on-1 books s1: process 1 of 2 raised at step 2: "
+                                           "RuntimeError: boom on process 1")
+    trace = (failed / "seed1.traceback.txt").read_text()  # process 1's traceback, the cause of process 0's
+    assert "bench_crash_on_1.py" in trace and "RuntimeError: boom on process 1" in trace
+    assert "error: 1 run(s) failed" in proc.stderr
+    finetune = json.loads((results / "amazon/smoke/finetune/books/seed1.json").read_text())
+    assert finetune["train"]["steps"] == 12 and finetune["machine"]["world_size"] == 2
+
+
+# The main process's first checkpoint write fails (a full disk); the others write none.
+CHECKPOINT_LAUNCHER = '''
+import os
+import sys
+
+from bench.checkpoint import Checkpoint
+from bench.cli import main
+
+save = Checkpoint.save
+
+
+def save_on_a_full_disk_once(self, state):
+    if not getattr(Checkpoint, "failed", False):
+        Checkpoint.failed = True
+        raise OSError(28, "No space left on device")
+    return save(self, state)
+
+
+if os.environ["RANK"] == "0":
+    Checkpoint.save = save_on_a_full_disk_once
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_a_failed_checkpoint_write_on_the_main_process_fails_the_run_on_every_process(tmp_path, data_dir):
+    """Only the main process writes checkpoints: the others hear of its failure at the next step."""
+    launcher = tmp_path / "bench_full_disk.py"
+    launcher.write_text(CHECKPOINT_LAUNCHER)
+    results = tmp_path / "results"
+    cmd = accelerate_launch(launcher, "run", "--methods", "finetune", "--seeds", "1,2", "--suite", "amazon",
+                            "--preset", "smoke", "--domains", "books", "--checkpoint-every", "2",
+                            "--results-dir", str(results))
+    proc = run_launched(cmd, bench_env(data_dir, tmp_path / "cache"))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    failure = json.loads((results / ".failed/amazon/smoke/finetune/books/seed1.json").read_text())
+    assert failure["error"] == {"type": "OSError", "message": "[Errno 28] No space left on device", "hint": None}
+    assert "finetune books s1: process 0 of 2 raised at step 3: OSError: [Errno 28]" in proc.stderr  # process 1
+    assert json.loads((results / "amazon/smoke/finetune/books/seed2.json").read_text())["train"]["steps"] == 12
+
+
+# --- batches split over the processes ----------------------------------------------------------
+
+# The smoke preset with a student batch of 7, which 2 processes cannot split.
+ODD_BATCH_LAUNCHER = '''
+import dataclasses
+import sys
+
+from bench import presets
+from bench.cli import main
+
+smoke = presets.PRESETS["smoke"]
+presets.PRESETS["smoke"] = dataclasses.replace(
+    smoke, student_train=dataclasses.replace(smoke.student_train, batch_size=7))
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, data_dir):
+    """Each process takes an equal part of every batch: a batch of 7 on 2 processes is refused
+    before anything trains, with what is wrong and what to do."""
+    launcher = tmp_path / "bench_odd_batch.py"
+    launcher.write_text(ODD_BATCH_LAUNCHER)
+    cmd = accelerate_launch(launcher, "run", "--methods", "finetune", "--suite", "amazon", "--preset", "smoke",
+                            "--domains", "books", "--results-dir", str(tmp_path / "results"))
+    proc = run_launched(cmd, bench_env(data_dir, tmp_path / "cache"))
+    assert proc.returncode == 1  # the launcher's, for processes that ended with status 2
+    assert ("error: the smoke preset's student batch of 7 does not split over 2 processes\n"
+            "  launch a number of processes that divides it (each takes an equal part)\n") in proc.stderr
+    assert not (tmp_path / "results").exists()  # refused before anything ran
+
+
+# Each test row's gold label is its row index and its prediction the sum of its token ids mod 16:
+# the golds show the row order and any row taken twice or lost, the predictions that each row's
+# own reached its place, whatever its part of a batch and that part's padding.
+PREDICT_SCRIPT = '''
+import json
+import sys
+from types import SimpleNamespace
+
+import torch
+
+from bench.api import DataConfig
+from bench.data import make_loader, tokenize
+from bench.models import load_tokenizer
+from bench.plugins import get_registry
+from bench.train import make_accelerator, predict
+
+
+class TokenSum(torch.nn.Module):
+    def forward(self, batch):
+        total = (batch.input_ids * batch.attention_mask).sum(-1) % 16
+        return SimpleNamespace(logits=torch.nn.functional.one_hot(total, 16).float())
+
+
+data_dir, out = sys.argv[1], sys.argv[2]
+accelerator = make_accelerator()
+suite = get_registry().suite("amazon")
+tokenizer = load_tokenizer("random:tiny")
+found = {}
+for rows in (15, 79):
+    test = suite.load("books", "test", DataConfig(data_dir)).select(range(rows))
+    test = tokenize(test.map(lambda row, i: {"label": i}, with_indices=True), tokenizer, 64, suite.domains)
+    loader = make_loader(test, 64, tokenizer.pad_token_id, shuffle=False, by_length=True)
+    preds, golds = predict(TokenSum(), accelerator.prepare(loader), accelerator)
+    found[rows] = {"preds": preds, "golds": golds, "own": [sum(ids) % 16 for ids in test["input_ids"]]}
+if accelerator.is_main_process:
+    with open(out, "w") as f:
+        json.dump(found, f)
+'''
+
+
+def test_two_processes_predict_an_odd_sized_set_as_one_does(tmp_path, data_dir):
+    """Sets of 15 and 79 rows, batches of 64: the last batch does not split evenly over 2
+    processes (accelerate pads it with repeated rows, which must not reach the predictions)."""
+    script = tmp_path / "predict.py"
+    script.write_text(PREDICT_SCRIPT)
+    env = bench_env(data_dir, tmp_path / "cache")
+    for cmd, out in (([sys.executable, str(script)], "one.json"), (accelerate_launch(script), "two.json")):
+        proc = run_launched([*cmd, str(data_dir), str(tmp_path / out)], env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.loads((tmp_path / out).read_text()) for out in ("one.json", "two.json"))
+    for rows in ("15", "79"):
+        assert two[rows]["golds"] == list(range(int(rows)))  # every row once, in row order
+        assert two[rows]["preds"] == two[rows]["own"]  # each row's own prediction
+        assert two[rows] == one[rows]
+        assert len(set(one[rows]["preds"])) > 1  # the predictions tell rows apart

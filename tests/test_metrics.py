@@ -1,8 +1,11 @@
-"""Metrics: macro-F1 against a hand count, latency against an independent timing loop."""
+"""Metrics: macro-F1 against a hand count, latency against an independent timing loop and its
+median and IQR against known timings."""
 
 import statistics
 import time
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from bench_plugins.metrics.f1 import macro_f1
@@ -36,6 +39,7 @@ def test_latency_agrees_with_an_independent_timing_loop():
     measured = measure_latency(model, cfg)
     assert measured["threads"] == 1 and measured["repeats"] == 25 and measured["device"] == "cpu"
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         ids = torch.randint(1000, 30522, (8, 32))
@@ -47,13 +51,58 @@ def test_latency_agrees_with_an_independent_timing_loop():
                 if i >= 3:
                     bare.append(time.perf_counter() - t0)
     finally:
-        torch.set_num_threads(torch.get_num_threads())
+        torch.set_num_threads(threads)
     bare_ms = statistics.median(bare) * 1e3
     ours = measured["batch_8"]
     print(f"batch 8: metric {ours['median_ms']:.3f} ms (IQR {ours['iqr_ms']:.3f}), bare loop {bare_ms:.3f} ms")
     assert 0.1 < ours["median_ms"] / bare_ms < 10
     assert ours["iqr_ms"] >= 0
     assert measured["batch_1"]["median_ms"] > 0
+
+
+class Stopwatch:
+    """A fake clock that each forward pass moves on by the next of the durations given."""
+
+    def __init__(self, durations: list[float]):
+        self.now, self.durations = 0.0, list(durations)
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def forward(self, batch) -> None:
+        self.now += self.durations.pop(0)
+
+
+class TimedModel(torch.nn.Module):
+    """A stand-in model whose forward passes take the stopwatch's durations."""
+
+    def __init__(self, stopwatch: Stopwatch):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(vocab_size=30522)
+        self.stopwatch = stopwatch
+
+    def forward(self, batch):
+        self.stopwatch.forward(batch)
+
+
+def test_latency_median_and_iqr_on_known_timings(monkeypatch):
+    """Known forward times, the median and IQR by hand. The quartiles are the inclusive ones
+    (statistics.quantiles(method="inclusive"), numpy's default linear percentile): of 1..20 ms,
+    Q1 = 5.75 and Q3 = 15.25, IQR 9.5 (the exclusive method gives 5.25 and 15.75, IQR 10.5)."""
+    warmup = [1.0, 1.0]  # a second each, untimed: must not count
+    timed = {1: [7, 3, 12, 1, 20, 5, 16, 9, 2, 18, 11, 6, 14, 4, 19, 8, 15, 10, 17, 13],  # 1..20 ms, shuffled
+             8: [*range(40, 59), 200]}  # 40..58 ms and an outlier: median 49.5, Q1 44.75, Q3 54.25
+    stopwatch = Stopwatch([s for b in (1, 8) for s in warmup + [ms / 1e3 for ms in timed[b]]])
+    monkeypatch.setattr("bench.measure.time", SimpleNamespace(perf_counter=stopwatch.perf_counter))
+    cfg = LatencyConfig(batch_sizes=(1, 8), seq_len=4, warmup=2, repeats=20)
+    measured = measure_latency(TimedModel(stopwatch), cfg)
+    assert stopwatch.durations == []  # every pass ran: 2 untimed and 20 timed per batch size
+    assert measured["batch_1"] == {"median_ms": 10.5, "iqr_ms": 9.5}
+    assert measured["batch_8"] == {"median_ms": 49.5, "iqr_ms": 9.5}
+    for b, ms in timed.items():
+        q1, q2, q3 = np.percentile(ms, [25, 50, 75])
+        assert measured[f"batch_{b}"] == {"median_ms": pytest.approx(q2), "iqr_ms": pytest.approx(q3 - q1)}
 
 
 def test_speedup_throughput_and_compression_from_the_context():

@@ -5,6 +5,11 @@ on first use). A per-domain ("single") student is trained, tested on its best-on
 and written as one result; a student of kind "mix" or "multi" is trained once on all the grid's
 domains and gives one result per domain (multi: each domain's own best-on-dev checkpoint).
 Runs whose result file exists are skipped unless `overwrite`.
+
+With several processes, a run ends on every process at once, also when one raised in work that
+only it does (the main process's metrics and writes): each run (`Runner.attempt`), stage and
+teacher ends with one all-reduce of whether any process raised (`agree_on_failure`), so the run
+is recorded as failed and the grid goes on, with no process left waiting at a collective.
 """
 
 from __future__ import annotations
@@ -53,7 +58,18 @@ from bench.step import StudentStep
 from bench.teacher_outputs import MODES as CACHE_MODES
 from bench.teacher_outputs import CachedTeacher, TeacherOutputCache, cache_identity, rows_digest
 from bench.teachers import StoredTeacher, TeacherStore, get_or_train_teacher, teacher_key
-from bench.train import FitResult, Selection, TrainConfig, accuracy, fit, make_accelerator, predict, untimed
+from bench.train import (
+    FitResult,
+    Selection,
+    TrainConfig,
+    accuracy,
+    agree_on_failure,
+    fit,
+    make_accelerator,
+    own_work,
+    predict,
+    untimed,
+)
 from bench.vocab import MappedTeacher, VocabMap, align
 
 log = logging.getLogger(__name__)
@@ -337,21 +353,33 @@ class Runner:
         return written
 
     def attempt(self, job: Job) -> list[Path]:
-        """Run `job` and write its results; on an error, record it as failed and go on."""
-        self.release_teachers(keep=job)
+        """Run `job` and write its results; on an error, on any process, record it as failed and go
+        on. Every process ends the job at one all-reduce, on success as on failure: one that raised
+        in work the others do not do (the main process's metrics and writes) must not leave them
+        waiting for it at the grid's next collective."""
+        written, raised = [], None
         try:
-            records = self.run_joint(job.method, job.seed) if job.joint else {
-                job.key.domain: self.run_one(job.key, self.grid.distiller(job.method), self.teacher_for(job))}
+            written = self.run_and_write(job)
+        except Exception as exc:  # noqa: BLE001 - told to the others below
+            raised = exc
+        try:
+            agree_on_failure(raised, job.describe(), "", self.accelerator)
         except Exception as exc:  # noqa: BLE001 - one failed run must not stop the grid
             log.error("%s failed: %s", job.describe(), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             log.debug("traceback", exc_info=True)
             if self.main:
                 self.failures += [record_failure(self.grid.results_dir, key, exc) for key in job.keys]
             return []
+        return written
+
+    def run_and_write(self, job: Job) -> list[Path]:
+        """Train and test `job`'s student(s), write its results, drop its checkpoints."""
+        self.release_teachers(keep=job)
+        records = self.run_joint(job.method, job.seed) if job.joint else {
+            job.key.domain: self.run_one(job.key, self.grid.distiller(job.method), self.teacher_for(job))}
         written = [self.write(key, records.get(key.domain)) for key in job.keys]
         if self.main:
             remove_folder(self.checkpoint_folder(job.key))
-        self.accelerator.wait_for_everyone()
         return written
 
     def release_teachers(self, keep: Job) -> None:
@@ -529,9 +557,14 @@ class Runner:
                          folder)
                 remove_folder(folder)
             self.accelerator.wait_for_everyone()  # the others look into the store once the main holds the lock
-            stored = get_or_train_teacher(identity, len(self.grid.suite.labels),
-                                          lambda model: train(model, Checkpoint(folder)), self.store, save=self.main)
-            self.accelerator.wait_for_everyone()
+            stored, raised = None, None
+            try:
+                stored = get_or_train_teacher(identity, len(self.grid.suite.labels),
+                                              lambda model: train(model, Checkpoint(folder)), self.store,
+                                              save=self.main)
+            except Exception as exc:  # noqa: BLE001 - the main process alone stores it: the others hear of it
+                raised = exc
+            agree_on_failure(raised, f"teacher {teacher_key(identity)}", "", self.accelerator)
         finally:
             lock.release()
         if self.main:
@@ -640,12 +673,13 @@ class Runner:
         model.to(self.accelerator.device)
 
         def dev_accuracy() -> float:
-            return accuracy(*predict(model, dev_loader, self.accelerator))
+            return accuracy(*predict(model, dev_loader, self.accelerator, desc, "while predicting dev"))
 
         result = fit(model, train_loader, compute_loss, dev_accuracy, config, self.accelerator,
                      extra_modules=extra_modules, desc=desc, trace=trace, select_best=select_best,
                      checkpoint=checkpoint, checkpoint_every=self.grid.checkpoint_every)
-        return Trained(result, result.selection, *predict(model, test_loader, self.accelerator))
+        return Trained(result, result.selection, *predict(model, test_loader, self.accelerator, desc,
+                                                          "while predicting test"))
 
     def joint_train_loader(self, kind: str, batch_size: int, seed: int, length_buckets: int = 0):
         """multi: a MultiDomainLoader of `batch_size` rows per domain; mix: batches of `batch_size`
@@ -682,7 +716,8 @@ class Runner:
         model.to(self.accelerator.device)
 
         def dev_accuracy() -> dict[str, float]:
-            return {d: accuracy(*predict(model, loader, self.accelerator)) for d, loader in dev.items()}
+            return {d: accuracy(*predict(model, loader, self.accelerator, desc, f"while predicting {d} dev"))
+                    for d, loader in dev.items()}
 
         result = fit(model, train_loader, compute_loss, dev_accuracy, config, self.accelerator,
                      extra_modules=extra_modules, desc=desc, trace=trace, select_on_mean=kind != "multi",
@@ -692,7 +727,8 @@ class Runner:
             selection = result.selections[d] if kind == "multi" else result.selection
             if kind == "multi":
                 model.load_state_dict(selection.state)
-            out[d] = Trained(result, selection, *predict(model, test[d], self.accelerator))
+            out[d] = Trained(result, selection, *predict(model, test[d], self.accelerator, desc,
+                                                         f"while predicting {d} test"))
         return out
 
     # -- checkpoints --------------------------------------------------------------------
@@ -723,10 +759,17 @@ class Runner:
             log.info("stage %s was done before the run stopped: loaded from %s", checkpoint.path.stem, done.path)
             return _trained_from_state(saved["trained"])
         trained = train(stage, checkpoint)
-        if self.grid.checkpoint_every and self.main:
+        if not self.grid.checkpoint_every:
+            return trained
+
+        def save_done() -> None:
             done.save({"student": student.state_dict(), "extra": extra.state_dict() if extra is not None else None,
                        "trained": _trained_state(trained)})
             checkpoint.remove()
+
+        # the main process alone writes: the others hear of a failed write here, not at their next collective
+        raised = own_work(save_done, self.accelerator) if self.main else None
+        agree_on_failure(raised, f"stage {checkpoint.path.stem}", "while saving its outcome", self.accelerator)
         return trained
 
     # -- runs ---------------------------------------------------------------------------
@@ -785,8 +828,13 @@ class Runner:
             if key not in self._output_caches:  # refresh: the main process empties it, once per grid
                 refresh = self.grid.teacher_cache == "refresh" and self.main
                 rows_total = len(self.data(d).tokenized("train", self.student_tokenizer))
-                self._output_caches[key] = TeacherOutputCache(identity, self.outputs_root, refresh, rows_total)
-                self.accelerator.wait_for_everyone()
+                cache, raised = None, None
+                try:
+                    cache = TeacherOutputCache(identity, self.outputs_root, refresh, rows_total)
+                except Exception as exc:  # noqa: BLE001 - the main process alone empties it: the others hear of it
+                    raised = exc
+                agree_on_failure(raised, f"the teacher-output cache of {d}", "", self.accelerator)
+                self._output_caches[key] = cache
             caches[suite_domains.index(d)] = self._output_caches[key]
         return CachedTeacher(view, caches, teachers[domain or self.grid.domains[0]].model.config.num_hidden_layers)
 

@@ -4,7 +4,9 @@ AdamW with weight decay (none on biases and LayerNorm), linear warm-up then line
 grad-norm clipping, dev evaluation every K steps; the best dev checkpoint is the one kept.
 Written against `accelerate.Accelerator`, so `accelerate launch` runs it unchanged. With several
 processes, a step that fails on any of them (an exception, a loss that is not finite) stops the
-run on all of them at that step (`check_finite`).
+run on all of them at that step (`check_finite`), and so does an exception in one process's part
+of a prediction batch (`predict`): each failure travels in a collective the step or the batch
+makes anyway, so no process waits forever for one that raised.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class NonFiniteLoss(BenchError):
 
 
 class ProcessFailed(BenchError):
-    """Another process of the run raised in its step: this one stops the run at the same step."""
+    """Another process of the run raised: this one stops the run at the same point."""
 
 
 class RemoteTraceback(Exception):
@@ -114,6 +116,15 @@ class RemoteTraceback(Exception):
 OK, NON_FINITE, RAISED = 0.0, 1.0, 2.0  # a process's state at the end of its part of a step
 
 
+def process_states(state: float | torch.Tensor, accelerator) -> list[float]:
+    """Every process's state, this one's `state` at its index, in one all-reduce."""
+    states = torch.zeros(accelerator.num_processes, device=accelerator.device)
+    states[accelerator.process_index] = state
+    if accelerator.num_processes > 1:
+        states = accelerator.reduce(states, reduction="sum")
+    return states.tolist()  # the one wait for the device
+
+
 def check_finite(loss: torch.Tensor | None, parts: dict[str, torch.Tensor], desc: str, step: int, accelerator,
                  raised: Exception | None = None) -> None:
     """Stop the run on every process at this step when any process's part of it failed: where a
@@ -122,14 +133,10 @@ def check_finite(loss: torch.Tensor | None, parts: dict[str, torch.Tensor], desc
     all-reduce; without it the others would wait forever at the next gradient all-reduce."""
     if raised is not None and accelerator.num_processes == 1:
         raise raised
-    states = torch.zeros(accelerator.num_processes, device=accelerator.device)  # each process's, at its index
-    states[accelerator.process_index] = RAISED if raised is not None else torch.where(
-        torch.isfinite(loss.detach()).all(), OK, NON_FINITE)
-    if accelerator.num_processes > 1:
-        states = accelerator.reduce(states, reduction="sum")
-    states = states.tolist()  # the step's one wait for the device
+    states = process_states(RAISED if raised is not None else torch.where(
+        torch.isfinite(loss.detach()).all(), OK, NON_FINITE), accelerator)
     if RAISED in states:
-        stop_after_failure(raised, states.index(RAISED), desc, step, accelerator)
+        stop_after_failure(raised, states.index(RAISED), desc, f"at step {step}", accelerator)
     if NON_FINITE not in states:
         return
     bad = ", ".join(f"{k}={v.item():g}" for k, v in parts.items() if not torch.isfinite(v.detach()).all())
@@ -139,9 +146,36 @@ def check_finite(loss: torch.Tensor | None, parts: dict[str, torch.Tensor], desc
         "the run is stopped, the grid goes on")
 
 
-def stop_after_failure(raised: Exception | None, failed: int, desc: str, step: int, accelerator) -> None:
-    """Raise on every process once process `failed` raised: that one its own exception, the others
-    a ProcessFailed with its error and traceback, which only it holds (gathered on this path only)."""
+def agree_on_failure(raised: Exception | None, desc: str, where: str, accelerator) -> None:
+    """Raise on every process when any raised (`raised`: this one's exception, or None), as
+    check_finite does, in one all-reduce: after work not every process does (the main process's
+    writes) or whose exceptions were kept for the others, before any process's next collective."""
+    if accelerator.num_processes == 1:
+        if raised is not None:
+            raise raised
+        return
+    states = process_states(RAISED if raised is not None else OK, accelerator)
+    if RAISED in states:
+        stop_after_failure(raised, states.index(RAISED), desc, where, accelerator)
+
+
+def own_work(work: Callable[[], Any], accelerator) -> Exception | None:
+    """Run `work`, which makes no collective. With several processes its exception is returned, to
+    be told to the others at the next check (check_finite, agree_on_failure): raised here, it would
+    leave them waiting for this process at their next collective forever."""
+    try:
+        work()
+    except Exception as exc:  # noqa: BLE001 - the others must hear of it
+        if accelerator.num_processes == 1:
+            raise
+        return exc
+    return None
+
+
+def stop_after_failure(raised: Exception | None, failed: int, desc: str, where: str, accelerator) -> None:
+    """Raise on every process once process `failed` raised `where` ("at step 3"): that one its own
+    exception, the others a ProcessFailed with its error and traceback, which only it holds
+    (gathered on this path only)."""
     import torch.distributed as dist
 
     errors = [None] * accelerator.num_processes
@@ -150,7 +184,8 @@ def stop_after_failure(raised: Exception | None, failed: int, desc: str, step: i
     if raised is not None:
         raise raised
     error, trace = errors[failed]
-    raise ProcessFailed(f"{desc}: process {failed} of {accelerator.num_processes} raised at step {step}: {error}",
+    raised_where = f"raised {where}" if where else "raised"
+    raise ProcessFailed(f"{desc}: process {failed} of {accelerator.num_processes} {raised_where}: {error}",
                         f"process {failed}'s traceback opens the run's traceback file (under .failed/); the run "
                         "is stopped on every process, the grid goes on") from RemoteTraceback(trace)
 
@@ -314,11 +349,29 @@ def fit(
             "wall_seconds": wall_before + time.perf_counter() - start, "history": history,
             "selections": {k: vars(v) for k, v in selections.items()}, "rng": rng_state()})
 
+    def note_evaluation(dev: dict[str, float]) -> None:
+        """This process's record of a dev evaluation: the history entry (with the method's trace)
+        and the best checkpoints."""
+        acc = sum(dev.values()) / len(dev)
+        entry = {"step": step, "loss": loss.item(), "dev_accuracy": acc, **{k: v.item() for k, v in parts.items()}}
+        if len(dev) > 1:
+            entry["dev"] = dict(dev)
+        if trace is not None and (traced := trace()) is not None:
+            entry["trace"] = traced
+        history.append(entry)
+        log.info("%s: step %d/%d loss %.4f dev accuracy %.4f (%.1f ex/s)", desc, step, total, loss.item(), acc, rate)
+        snapshot = None  # one copy for every domain whose best is this step
+        for key, value in ({"mean": acc} if select_on_mean else dev).items():
+            if key not in selections or value > selections[key].dev_accuracy or not select_best:
+                snapshot = snapshot or (clone_state(model), clone_state(extra_modules)
+                                        if extra_modules is not None else None)
+                selections[key] = Selection(step, value, *snapshot)
+
     start = time.perf_counter()
     creep = HeapCreep()
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True, leave=False,
                disable=None if accelerator.is_main_process else True)
-    raised = None  # an exception of this process's own work between steps, told to the others at the next step
+    raised = None  # an exception of this process's own work (evaluation records, checkpoints), told at the next check
     while step < total:
         for batch in train_loader:
             for m in trained:
@@ -348,37 +401,18 @@ def fit(
                 # glibc's heap fragments over steps of many tensor sizes and never shrinks on its own;
                 # trimmed here (cheap, unlike per step) so evaluation and checkpoints run on a lean heap
                 release_free_heap()
-                dev = evaluate()
+                dev = evaluate()  # predict stops every process together when one raises in it
                 dev = dev if isinstance(dev, dict) else {"dev": dev}
-                acc = sum(dev.values()) / len(dev)
-                entry = {"step": step, "loss": loss.item(), "dev_accuracy": acc,
-                         **{k: v.item() for k, v in parts.items()}}
-                if len(dev) > 1:
-                    entry["dev"] = dict(dev)
-                if trace is not None and (traced := trace()) is not None:
-                    entry["trace"] = traced
-                history.append(entry)
-                log.info("%s: step %d/%d loss %.4f dev accuracy %.4f (%.1f ex/s)", desc, step, total,
-                         loss.item(), acc, rate)
-                snapshot = None  # one copy for every domain whose best is this step
-                for key, value in ({"mean": acc} if select_on_mean else dev).items():
-                    if key not in selections or value > selections[key].dev_accuracy or not select_best:
-                        snapshot = snapshot or (clone_state(model), clone_state(extra_modules)
-                                                if extra_modules is not None else None)
-                        selections[key] = Selection(step, value, *snapshot)
+                raised = raised or own_work(lambda: note_evaluation(dev), accelerator)
             if (checkpoint is not None and checkpoint_every and step % checkpoint_every == 0 and step < total
-                    and accelerator.is_main_process):
-                try:
-                    save_checkpoint()
-                except Exception as exc:  # noqa: BLE001 - the main process alone writes: the others hear of it
-                    if accelerator.num_processes == 1:
-                        raise
-                    raised = exc
+                    and accelerator.is_main_process):  # the main process alone writes: the others hear of it
+                raised = raised or own_work(save_checkpoint, accelerator)
             if step >= total:
                 break
         else:  # a whole pass: the next one is the next epoch's
             epoch, epoch_step = epoch + 1, 0
     bar.close()
+    agree_on_failure(raised, desc, f"at step {step}", accelerator)  # what the last evaluation raised
     if creep.trims:
         log.info("%s: heap trimmed %d times as it crept", desc, creep.trims)
     wall = wall_before + time.perf_counter() - start
@@ -394,20 +428,50 @@ def fit(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: torch.utils.data.DataLoader, accelerator) -> tuple[list[int], list[int]]:
+def predict(model: nn.Module, loader: torch.utils.data.DataLoader, accelerator, desc: str = "predict",
+            where: str = "while predicting") -> tuple[list[int], list[int]]:
     """Argmax predictions and gold labels over a loader, gathered across processes, in the
-    dataset's row order (also when the loader takes the rows by length)."""
+    dataset's row order (also when the loader takes the rows by length). Each batch's one gather
+    carries every process's state too: when one raised in its part, every process raises there
+    (`stop_after_failure`, naming `desc` and `where`) instead of waiting at the next gather."""
     model.eval()
     preds, golds = [], []
+    processes = accelerator.num_processes
     for batch in loader:
-        batch = batch.to(accelerator.device)
-        logits = model(batch).logits
-        p, y = accelerator.gather_for_metrics((logits.argmax(-1), batch.labels))
-        preds.extend(p.tolist())
-        golds.extend(y.tolist())
+        local, raised = local_predictions(model, batch, accelerator)
+        parts = accelerator.gather(local).view(processes, -1).tolist()  # per process: preds, golds, state
+        states = [part.pop() for part in parts]
+        if RAISED in states:
+            stop_after_failure(raised, states.index(RAISED), desc, where, accelerator)
+        rows = len(parts[0]) // 2
+        preds.extend(_without_padding([p for part in parts for p in part[:rows]], accelerator))
+        golds.extend(_without_padding([y for part in parts for y in part[rows:]], accelerator))
     if (order := row_order(loader)) is not None:
         preds, golds = _in_row_order(preds, order), _in_row_order(golds, order)
     return preds, golds
+
+
+def local_predictions(model: nn.Module, batch: Batch, accelerator) -> tuple[torch.Tensor, Exception | None]:
+    """This process's part of a batch as one tensor: its predictions, its gold labels, then its
+    state (OK). With several processes an exception is returned with a tensor of that shape whose
+    state is RAISED, for predict to tell the others."""
+    try:
+        batch = batch.to(accelerator.device)
+        state = torch.full((1,), int(OK), dtype=torch.long, device=accelerator.device)
+        return torch.cat([model(batch).logits.argmax(-1), batch.labels, state]), None
+    except Exception as exc:  # noqa: BLE001 - the others must hear of it, or they wait at the gather forever
+        if accelerator.num_processes == 1:
+            raise
+        local = torch.zeros(2 * len(batch.labels) + 1, dtype=torch.long, device=accelerator.device)
+        local[-1] = int(RAISED)
+        return local, exc
+
+
+def _without_padding(values: list[int], accelerator) -> list[int]:
+    """A loader's last batch, split over the processes, ends with repeated rows that make the
+    parts even: dropped, as accelerate's gather_for_metrics drops them."""
+    state = accelerator.gradient_state
+    return values[:state.remainder] if state.end_of_dataloader and state.remainder > 0 else values
 
 
 def _in_row_order(values: list[int], order: list[int]) -> list[int]:

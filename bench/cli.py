@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train and test students; one result file per run")
     run.add_argument("--methods", required=True, type=_csv, help="comma-separated, e.g. kd,finetune")
     run.add_argument("--suite", required=True)
-    run.add_argument("--preset", default=None, help="default: cpu (see `ls presets`)")
+    run.add_argument("--preset", default=None, metavar="NAME|FILE.toml",
+                     help="a preset's name (see `ls presets`) or a TOML file changing one (default: cpu)")
     run.add_argument("--domains", type=_csv, default=None, help="default: all of the suite's")
     run.add_argument("--seeds", type=_seeds, default=None, help="default: the preset's (1)")
     run.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR)
@@ -93,9 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="save a training checkpoint every STEPS steps (default 100; 0: none)")
     run.add_argument("--option", dest="options", action="append", default=[], metavar="METHOD.KEY=VALUE",
                      help="a method option, e.g. kd.temperature=4 (repeatable; values as JSON, else text)")
-    run.add_argument("--student-layers", type=_layers, default=None, metavar="I,J,...",
-                     help="cut the preset's student from these layers of its model (0-based); stored and "
-                          "reported as a setting of its own, e.g. cpu[student-layers=0,2,4]")
+    _setting_args(run)
+    run.add_argument("--log-with", type=_csv, default=[], metavar="TRACKER",
+                     help="log each student's curves (loss parts, dev accuracy, learning rate) to these trackers "
+                          "of accelerate, e.g. tensorboard (pip install kd-bench[tensorboard]), one directory a "
+                          "run under <results-dir>/trackers")
     run.add_argument("--dry-run", action="store_true",
                      help="print the plan (teachers to train or reuse, runs, examples) and stop")
 
@@ -103,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     teacher_sub = teacher.add_subparsers(dest="teacher_command", required=True)
     t_train = teacher_sub.add_parser("train", help="train (or reuse) a suite's teachers, no students")
     t_train.add_argument("--suite", required=True)
-    t_train.add_argument("--preset", default=None, help="default: cpu")
+    t_train.add_argument("--preset", default=None, help="a name or a .toml file (default: cpu)")
+    _setting_args(t_train)
     t_train.add_argument("--domains", type=_csv, default=None)
     t_train.add_argument("--data-dir", default=None)
     t_train.add_argument("--train-ratio", type=_ratio, default=1.0)
@@ -142,9 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profile", help="time each phase of a method's distillation step")
     prof.add_argument("--method", required=True)
     prof.add_argument("--suite", required=True)
-    prof.add_argument("--preset", default=None, help="its models and max length, unless given (default: cpu)")
-    prof.add_argument("--teacher", default=None, metavar="REF", help="e.g. random:bert-base (no training needed)")
-    prof.add_argument("--student", default=None, metavar="REF", help="e.g. random:tinybert-4l312")
+    prof.add_argument("--preset", default=None, metavar="NAME|FILE.toml",
+                      help="its models and max length, unless changed (default: cpu)")
+    _setting_args(prof)
     prof.add_argument("--domains", type=_csv, default=None, help="default: all of the suite's")
     prof.add_argument("--batch-per-domain", type=int, default=4)
     prof.add_argument("--max-len", type=int, default=None, help="default: the preset's")
@@ -220,41 +224,52 @@ def _layers(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of layer numbers such as 0,2,4") from None
 
 
-def with_student_layers(preset, layers: tuple[int, ...]):
-    """The preset with its student cut from `layers` of the student's model: a setting of its own, named
-    after the preset and the cut, so its runs are stored and reported apart from the preset's."""
-    from dataclasses import replace
+def _setting_args(parser: argparse.ArgumentParser) -> None:
+    """Changes to the preset (bench.settings): a changed preset is a setting of its own, stored and
+    reported apart, e.g. cpu[student_train.epochs=10]-1a2b3c4d."""
+    parser.add_argument("--teacher", default=None, metavar="REF",
+                        help="the teacher model: pkg:NAME, hf:ID, path:DIR or random:SHAPE (e.g. random:bert-base)")
+    parser.add_argument("--student", default=None, metavar="REF", help="the student model, as --teacher")
+    parser.add_argument("--student-layers", type=_layers, default=None, metavar="I,J,...",
+                        help="cut the student from these layers of its model (0-based)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change a preset field, e.g. student_train.epochs=10 or max_train_rows=2000 "
+                             "(repeatable; fields as `ls presets` shows them)")
 
-    if preset.student.init == "random" and not preset.student.layers:
-        raise BenchError(f"the {preset.name} preset's student is not cut from a model",
-                         "use --student-layers with a preset whose student is a pretrained model")
-    init = "truncate" if preset.student.init == "pretrained" else preset.student.init
-    return replace(preset, name=f"{preset.name}[student-layers={','.join(map(str, layers))}]",
-                   student=replace(preset.student, init=init, layers=layers))
+
+def resolve_args_setting(args, suite: str, registry):
+    """The preset of a `run`, `teacher train` or `profile`: --preset changed by the setting args."""
+    from bench.settings import parse_sets, resolve_setting
+
+    return resolve_setting(args.preset, suite, registry=registry, teacher=args.teacher, student=args.student,
+                           student_layers=args.student_layers, sets=parse_sets(args.sets))
+
+
+def data_config(args, suite):
+    """Where `suite` reads (a files:DIR suite its folder, others --data-dir, $BENCH_DATA_DIR or ./data)."""
+    from bench.api import DataConfig
+    from bench.datadir import resolve_data_dir
+
+    return DataConfig(suite.source or resolve_data_dir(args.data_dir), skip_bad_rows=args.skip_bad_rows)
 
 
 def make_grid(args, registry, methods: Sequence[str]):
     """The grid a `run` or `teacher train` names, checked before anything trains."""
-    from bench.api import DataConfig
-    from bench.datadir import resolve_data_dir
-    from bench.presets import DEFAULT_PRESET, get_preset
     from bench.runner import Grid
 
     suite = registry.suite(args.suite)
     distillers = [registry.distiller(m) for m in methods]
-    preset = get_preset(args.preset or DEFAULT_PRESET)
-    if layers := getattr(args, "student_layers", None):
-        preset = with_student_layers(preset, layers)
+    preset = resolve_args_setting(args, suite.name, registry)
     domains = args.domains or list(suite.domains)
     suite.check_domains(domains)
-    data = DataConfig(resolve_data_dir(args.data_dir), skip_bad_rows=args.skip_bad_rows)
+    data = data_config(args, suite)
     return Grid(suite=suite, preset=preset, methods=distillers, domains=domains,
                 seeds=getattr(args, "seeds", None) or list(preset.seeds), data=data,
                 results_dir=getattr(args, "results_dir", DEFAULT_RESULTS_DIR), train_ratio=args.train_ratio,
                 overwrite=getattr(args, "overwrite", False), resume=getattr(args, "resume", False),
                 checkpoint_every=getattr(args, "checkpoint_every", 100), shard=getattr(args, "shard", (1, 1)),
                 teacher_precision=getattr(args, "teacher_precision", "fp32"),
-                teacher_cache=getattr(args, "teacher_cache", "use"),
+                teacher_cache=getattr(args, "teacher_cache", "use"), log_with=tuple(getattr(args, "log_with", ())),
                 method_options=parse_options(getattr(args, "options", []), methods))
 
 
@@ -324,21 +339,17 @@ def _report_run(args, grid) -> int:
 
 
 def cmd_profile(args) -> int:
-    from bench.api import DataConfig
-    from bench.datadir import resolve_data_dir
     from bench.plugins import get_registry
-    from bench.presets import DEFAULT_PRESET, get_preset
-    from bench.profile import as_dict, parse_model, profile
+    from bench.profile import as_dict, profile
 
     registry = get_registry()
     suite = registry.suite(args.suite)
     method = registry.distiller(args.method)
-    preset = get_preset(args.preset or DEFAULT_PRESET)
+    preset = resolve_args_setting(args, suite.name, registry)
     domains = args.domains or list(suite.domains)
     suite.check_domains(domains)
-    result = profile(registry, method, suite, preset, DataConfig(resolve_data_dir(args.data_dir), args.skip_bad_rows),
-                     domains, args.teacher and parse_model(args.teacher), args.student and parse_model(args.student),
-                     args.batch_per_domain, args.max_len or preset.max_len, args.steps, args.warmup,
+    result = profile(registry, method, suite, preset, data_config(args, suite),
+                     domains, args.batch_per_domain, args.max_len or preset.max_len, args.steps, args.warmup,
                      teacher_precision=args.teacher_precision, length_buckets=args.length_buckets,
                      teacher_cache=args.teacher_cache, epochs=args.epochs)
     print("\n".join(result.lines()))
@@ -350,15 +361,17 @@ def cmd_profile(args) -> int:
 def cmd_ls(args) -> int:
     from bench.plugins import get_registry
 
+    registry = get_registry()
     if args.what == "presets":
         from bench.presets import DEFAULT_PRESET, PRESETS
 
-        for p in PRESETS.values():
+        for p in [*PRESETS.values(), *registry.presets.values()]:
             default = " (default)" if p.name == DEFAULT_PRESET else ""
-            print(f"{p.name}{default}: {p.description}\n  teacher {p.teacher.describe()}; "
+            print(f"{p.name}{default} [{p.source}]: {p.description}\n  teacher {p.teacher.describe()}; "
                   f"student {p.student.describe()}\n  {p.sizes()}")
+        print("Change one with --set FIELD=VALUE (e.g. student_train.epochs=10, max_train_rows=2000, max_len=64) "
+              "or a TOML file (docs/OWN.md)")
         return 0
-    registry = get_registry()
     if args.what == "suites":
         for s in registry.suites.values():
             print(f"{s.name}: {s.description}\n  domains {', '.join(s.domains)}; labels {', '.join(s.labels)}")
@@ -436,7 +449,6 @@ def _train_rows(sizes: dict) -> int:
 
 def cmd_data(args) -> int:
     from bench import datadir
-    from bench.api import DataConfig
     from bench.plugins import get_registry
     from bench.render import render_rows
 
@@ -451,7 +463,7 @@ def cmd_data(args) -> int:
             print(line)
         return 0
     suite = registry.suite(args.suite)
-    cfg = DataConfig(datadir.resolve_data_dir(args.data_dir), skip_bad_rows=args.skip_bad_rows)
+    cfg = data_config(args, suite)
     print(render_rows(datadir.stats(suite, cfg)))
     return 0
 
@@ -491,6 +503,11 @@ def cmd_report(args) -> int:
     from bench.report import build_tables, summarize
     from bench.results import iter_results
 
+    if args.suite and args.suite.startswith("files:"):  # files:DIR as given to `run`: the name its results keep
+        from bench.files_suite import suite_name
+
+        args.suite = suite_name(args.suite)
+    # files:DIR suites are not registered: build_tables gives them their records' domains, sorted
     orders = {name: s.domains for name, s in get_registry().suites.items()}
     known = {d for name, domains in orders.items() if args.suite in (None, name) for d in domains}
     paper = read_paper(args.paper, known) if args.paper else None

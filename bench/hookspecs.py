@@ -53,6 +53,16 @@ def bench_register_models(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
+def bench_register_presets(register: Callable[[Any], None]) -> None:
+    """Register presets: the models, data sizes and budgets a comparison shares.
+
+    Called once when the registry is first built. Call `register(Preset(...))` (`bench.presets.Preset`,
+    often `dataclasses.replace` of a built-in one); its name must be new. `run --preset NAME` then
+    finds it, and `ls presets` lists it with the plugin as its source. Returns nothing.
+    """
+
+
+@hookspec
 def bench_run_finished(result: dict[str, Any]) -> None:
     """Observe a finished run (loggers, experiment trackers).
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any
 
 import pluggy
 
+from bench import files_suite as files
 from bench import hookspecs
 from bench.api import Distiller, MetricSpec, ModelSource, SuiteSpec
 from bench.errors import BenchError, unknown_name
+from bench.presets import PRESETS, Preset
 
 ENTRY_POINT_GROUP = "bench"
 
@@ -93,7 +95,9 @@ class Registry:
     distillers: dict[str, type[Distiller]] = field(default_factory=dict)
     metrics: dict[str, MetricSpec] = field(default_factory=dict)
     models: dict[str, ModelSource] = field(default_factory=dict)
+    presets: dict[str, Preset] = field(default_factory=dict)  # the plugins'; the built-in ones: bench.presets
     owners: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> plugin
+    folders: dict[str, SuiteSpec] = field(default_factory=dict)  # files:DIR suites by their folder, built once
 
     @classmethod
     def build(cls, pm: pluggy.PluginManager) -> Registry:
@@ -103,6 +107,7 @@ class Registry:
             ("distiller", "bench_register_distillers", reg.distillers, None, lambda x: x.name),
             ("metric", "bench_register_metrics", reg.metrics, MetricSpec, lambda x: x.name),
             ("model source", "bench_register_models", reg.models, ModelSource, lambda x: x.scheme),
+            ("preset", "bench_register_presets", reg.presets, Preset, lambda x: x.name),
         )
         for kind, hook_name, table, typ, key in hooks:
             for impl in getattr(pm.hook, hook_name).get_hookimpls():
@@ -116,6 +121,11 @@ class Registry:
                         raise BenchError(f"plugin {plugin!r} registered {item!r} as a {kind}",
                                          f"register {want} instead")
                     name = key(item)
+                    if kind == "preset":
+                        if name in PRESETS:
+                            raise BenchError(f"plugin {plugin!r} registered preset {name!r}, a built-in preset's name",
+                                             "give the plugin's preset a name of its own")
+                        item = replace(item, source=f"plugin {plugin}")
                     if name in table:
                         raise BenchError(
                             f"{kind} {name!r} is registered twice, by "
@@ -128,6 +138,12 @@ class Registry:
         return reg
 
     def suite(self, name: str) -> SuiteSpec:
+        """A registered suite, or for `files:DIR` the suite of the researcher's own files in DIR."""
+        if name.startswith(files.PREFIX):
+            folder = str(files.source_dir(name))
+            if folder not in self.folders:
+                self.folders[folder] = files.build(name)
+            return self.folders[folder]
         return self._get("suite", self.suites, name, "suites")
 
     def distiller(self, name: str) -> type[Distiller]:

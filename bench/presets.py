@@ -29,6 +29,7 @@ class Preset:
     # Per suite, fields that differ from the above (a suite's examples may cost more or less than
     # another's); `for_suite` applies them. Results record the sizes and budgets actually used.
     suite_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: str = "built in"  # or "plugin <name>", "file <path>" (`ls presets`; bench.settings)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -26,7 +26,7 @@ from bench.data import batch_examples, make_loader
 from bench.errors import BenchError
 from bench.machine import CPU_FLAGS, kernels
 from bench.memory import peak_rss_mib
-from bench.models import ModelSpec, build_classifier
+from bench.models import build_classifier
 from bench.precision import with_precision
 from bench.presets import Preset
 from bench.teachers import StoredTeacher
@@ -171,13 +171,8 @@ class Profile:
                 f"oneDNN {'yes' if m.get('onednn') else 'no'}")
 
 
-def parse_model(ref: str) -> ModelSpec:
-    """A profile's `--teacher`/`--student`: `random:` shapes are random, anything else pretrained."""
-    return ModelSpec(ref, init="random" if ref.startswith("random:") else "pretrained")
-
-
 def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset, data: DataConfig,
-            domains: list[str], teacher: ModelSpec | None, student: ModelSpec | None, batch_per_domain: int,
+            domains: list[str], batch_per_domain: int,
             max_len: int, steps: int, warmup: int = 2, seed: int = 1, teacher_precision: str = "fp32",
             agreement_batches: int = 8, length_buckets: int | None = None, teacher_cache: bool = False,
             epochs: int | None = None) -> Profile:
@@ -188,7 +183,8 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
 
     from bench.runner import Grid, Runner
 
-    epochs = preset.for_suite(suite.name).student_train.epochs if epochs is None else epochs
+    preset = preset.for_suite(suite.name)
+    epochs = preset.student_train.epochs if epochs is None else epochs
     if steps < 1 or warmup < 0 or batch_per_domain < 1 or (length_buckets or 0) < 0 or epochs < 1:
         raise BenchError(f"cannot profile {steps} steps after {warmup} warm-up steps of batch {batch_per_domain}"
                          + (f" with {length_buckets} length buckets" if length_buckets is not None else "")
@@ -199,8 +195,7 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
                                 eval_every=10**9, epochs=10**6)
     if length_buckets is None:
         length_buckets = train.length_buckets
-    preset = dataclasses.replace(preset, teacher=teacher or preset.teacher, student=student or preset.student,
-                                 max_len=max_len, student_train=train, suite_overrides={})
+    preset = dataclasses.replace(preset, max_len=max_len, student_train=train)
     grid = Grid(suite=suite, preset=preset, methods=[method], domains=domains, seeds=[seed], data=data,
                 results_dir="unused", checkpoint_every=0, teacher_precision=teacher_precision,
                 teacher_cache="use" if teacher_cache else "off")

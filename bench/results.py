@@ -9,7 +9,8 @@ Schema (version 1). Keys every tool may rely on, as dotted paths: `seed`, `prese
 - machine {platform, python, cpu, threads, gpu, torch, transformers, world_size, ...}
 - suite {name, version, domain, train_ratio, sizes {train, dev, test}, fingerprint,
   left_out {dropped_no_consensus, skipped_bad_rows, ...}, trained_on (the domains the student
-  was trained on: [domain], or all of the grid's for a mix or multi student)}
+  was trained on: [domain], or all of the grid's for a mix or multi student), and for a `files:DIR`
+  suite labels (its label names, in head order) and source (DIR, absolute)}
 - method {name, label (the name, plus the options that differ from the defaults), plugin, config,
   student_kind}
 - teacher {ref, key, kind, params, latency, dev_accuracy, test_accuracy (the domain's), reused,

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from bench import files_suite as files
 from bench.api import EvalContext
 from bench.errors import BenchError
 from bench.machine import machine_info
@@ -46,9 +47,18 @@ def _teacher(record: dict[str, Any]) -> ModelSpec:
     """The teacher the run timed: its own where it had one, else its preset's (timed for speed-ups)."""
     if record.get("teacher"):
         return ModelSpec(record["teacher"]["ref"])
+    if setting := record.get("setting"):  # the preset as it ran (a changed one has no preset of its name)
+        t = setting["teacher"]
+        return ModelSpec(t["ref"], t["init"], tuple(t["layers"]) if t["layers"] else None)
     from bench.presets import get_preset
 
     return get_preset(record["preset"]).teacher
+
+
+def _suite(registry, record: dict[str, Any]):
+    """The suite a result ran on; a `files:DIR` suite's name keeps only DIR's name, its result the folder."""
+    source = record["suite"].get("source")
+    return registry.suite(files.PREFIX + source if source else record["suite"]["name"])
 
 
 def retime_results(root: str | Path, registry, suite: str | None = None,
@@ -58,6 +68,8 @@ def retime_results(root: str | Path, registry, suite: str | None = None,
     one measurement per (model, heads, labels, latency config, device). Every result is read and
     checked before the first is rewritten, so a bad one stops the sitting with nothing changed."""
     timed = {name: spec for name, spec in registry.metrics.items() if spec.timed}
+    if suite and suite.startswith(files.PREFIX):  # files:DIR as given to `run`: its results' suite name
+        suite = files.suite_name(suite)
     todo = []
     only = None if only is None else {Path(p).resolve() for p in only}
     for path in result_paths(root):
@@ -70,7 +82,7 @@ def retime_results(root: str | Path, registry, suite: str | None = None,
         if latency["device"] != "cpu" and not torch.cuda.is_available():
             raise BenchError(f"{path} was timed on {latency['device']}, which this machine lacks",
                              "retime it on a machine like the one that ran it (or leave it as it was timed)")
-        labels = len(registry.suite(record["suite"]["name"]).labels)
+        labels = len(_suite(registry, record).labels)
         todo.append((path, record, recorded_latency_config(latency), labels))
 
     stamp = {"created": now_utc(), "git": git_state(), "machine": machine_info(registry.pm)}
@@ -89,7 +101,7 @@ def retime_results(root: str | Path, registry, suite: str | None = None,
         device = record["metrics"]["latency"]["device"]
         _, teacher_latency = timing(_teacher(record), 1, labels, config, device)
         model, student_latency = timing(*_student(record), labels, config, device)
-        ctx = EvalContext(registry.suite(record["suite"]["name"]), record["suite"]["domain"], [], [], model,
+        ctx = EvalContext(_suite(registry, record), record["suite"]["domain"], [], [], model,
                           latency=config, teacher_latency=teacher_latency, cache={"latency": student_latency})
         for name, spec in timed.items():
             if name in record["metrics"]:

@@ -58,6 +58,7 @@ from bench.step import StudentStep
 from bench.teacher_outputs import MODES as CACHE_MODES
 from bench.teacher_outputs import CachedTeacher, TeacherOutputCache, cache_identity, rows_digest
 from bench.teachers import StoredTeacher, TeacherStore, get_or_train_teacher, teacher_key
+from bench.tracking import CurveLog, check_trackers
 from bench.train import (
     FitResult,
     Selection,
@@ -92,10 +93,12 @@ class Grid:
     shard: tuple[int, int] = (1, 1)  # (K, N): this job runs the K-th of N parts of the grid
     teacher_precision: str = "fp32"  # of the teacher's forwards while distilling (bench.precision)
     teacher_cache: str = "use"  # off, use or refresh the teacher-output cache (bench.teacher_outputs)
+    log_with: tuple[str, ...] = ()  # experiment trackers of the students' curves (bench.tracking)
 
     def __post_init__(self):
         self.preset = self.preset.for_suite(self.suite.name)
         check_precision(self.teacher_precision)
+        check_trackers(self.log_with)
         if self.teacher_cache not in CACHE_MODES:
             raise unknown_name("teacher cache mode", self.teacher_cache, CACHE_MODES)
         if not 0.0 < self.train_ratio <= 1.0:
@@ -660,7 +663,7 @@ class Runner:
     # -- training -----------------------------------------------------------------------
     def train_and_test(self, model, compute_loss, data: DomainData, tokenizer, config: TrainConfig, seed: int,
                        desc: str, extra_modules=None, trace=None, select_best: bool = True,
-                       checkpoint: Checkpoint | None = None) -> Trained:
+                       checkpoint: Checkpoint | None = None, curves: CurveLog | None = None) -> Trained:
         from accelerate.utils import set_seed
 
         set_seed(seed)
@@ -677,7 +680,8 @@ class Runner:
 
         result = fit(model, train_loader, compute_loss, dev_accuracy, config, self.accelerator,
                      extra_modules=extra_modules, desc=desc, trace=trace, select_best=select_best,
-                     checkpoint=checkpoint, checkpoint_every=self.grid.checkpoint_every)
+                     checkpoint=checkpoint, checkpoint_every=self.grid.checkpoint_every,
+                     curves=curves and curves.log)
         return Trained(result, result.selection, *predict(model, test_loader, self.accelerator, desc,
                                                           "while predicting test"))
 
@@ -698,7 +702,8 @@ class Runner:
 
     def train_and_test_joint(self, model, compute_loss, kind: str, config: TrainConfig, seed: int, desc: str,
                              extra_modules=None, trace=None, select_best: bool = True,
-                             checkpoint: Checkpoint | None = None) -> dict[str, Trained]:
+                             checkpoint: Checkpoint | None = None, curves: CurveLog | None = None
+                             ) -> dict[str, Trained]:
         """Train on all the grid's domains at once. multi: MultiDomainBatches of `batch_size`
         rows per domain, each domain's best dev checkpoint kept and tested on that domain; mix:
         batches of `batch_size` x domains rows from the shuffled union, one checkpoint selected
@@ -721,7 +726,8 @@ class Runner:
 
         result = fit(model, train_loader, compute_loss, dev_accuracy, config, self.accelerator,
                      extra_modules=extra_modules, desc=desc, trace=trace, select_on_mean=kind != "multi",
-                     select_best=select_best, checkpoint=checkpoint, checkpoint_every=self.grid.checkpoint_every)
+                     select_best=select_best, checkpoint=checkpoint, checkpoint_every=self.grid.checkpoint_every,
+                     curves=curves and curves.log)
         out = {}
         for d in domains:
             selection = result.selections[d] if kind == "multi" else result.selection
@@ -730,6 +736,23 @@ class Runner:
             out[d] = Trained(result, selection, *predict(model, test[d], self.accelerator, desc,
                                                          f"while predicting {d} test"))
         return out
+
+    @contextlib.contextmanager
+    def curve_log(self, key: RunKey, distiller: Distiller, stage: str):
+        """The trackers of one stage's training (--log-with), on the main process; None without."""
+        if not self.grid.log_with or not self.main:
+            yield None
+            return
+        run = key.path(".").with_suffix("").as_posix().removeprefix("./")
+        run += f"/{stage}" if len(distiller.stages) > 1 else ""
+        config = {"method": key.method, "domain": key.domain, "seed": key.seed, "preset": key.preset,
+                  "stage": stage, **self.grid.preset.student_train.to_dict()}
+        curves = CurveLog(self.grid.log_with, Path(self.grid.results_dir) / "trackers", run,
+                          {k: v for k, v in config.items() if v is not None})
+        try:
+            yield curves
+        finally:
+            curves.close()
 
     # -- checkpoints --------------------------------------------------------------------
     def checkpoint_folder(self, key: RunKey) -> Path:
@@ -853,12 +876,13 @@ class Runner:
         reset_peak_rss()
         start = time.perf_counter()
         def train_stage(stage: str, checkpoint: Checkpoint) -> Trained:
-            return self.train_and_test(
-                student, lambda b: compute_loss(b, stage), self.data(key.domain), self.student_tokenizer,
-                p.student_train, key.seed,
-                f"{key.method} {key.domain} s{key.seed}" + (f" {stage}" if len(distiller.stages) > 1 else ""),
-                extra_modules=extra, trace=distiller.trace, select_best=distiller.selects_on_dev(stage),
-                checkpoint=checkpoint)
+            with self.curve_log(key, distiller, stage) as curves:
+                return self.train_and_test(
+                    student, lambda b: compute_loss(b, stage), self.data(key.domain), self.student_tokenizer,
+                    p.student_train, key.seed,
+                    f"{key.method} {key.domain} s{key.seed}" + (f" {stage}" if len(distiller.stages) > 1 else ""),
+                    extra_modules=extra, trace=distiller.trace, select_best=distiller.selects_on_dev(stage),
+                    checkpoint=checkpoint, curves=curves)
 
         stages = [self.resumable_stage(stage, checkpoint, student, extra, train_stage)
                   for stage, checkpoint in self.stage_checkpoints(key, distiller)]
@@ -891,11 +915,12 @@ class Runner:
         reset_peak_rss()
         start = time.perf_counter()
         def train_stage(stage: str, checkpoint: Checkpoint) -> dict[str, Trained]:
-            return self.train_and_test_joint(
-                student, lambda b: compute_loss(b, stage), kind, p.student_train, seed,
-                f"{label} {kind} s{seed}" + (f" {stage}" if len(distiller.stages) > 1 else ""),
-                extra_modules=extra, trace=distiller.trace, select_best=distiller.selects_on_dev(stage),
-                checkpoint=checkpoint)
+            with self.curve_log(self.joint_job(method, seed).key, distiller, stage) as curves:
+                return self.train_and_test_joint(
+                    student, lambda b: compute_loss(b, stage), kind, p.student_train, seed,
+                    f"{label} {kind} s{seed}" + (f" {stage}" if len(distiller.stages) > 1 else ""),
+                    extra_modules=extra, trace=distiller.trace, select_best=distiller.selects_on_dev(stage),
+                    checkpoint=checkpoint, curves=curves)
 
         stages = [self.resumable_stage(stage, checkpoint, student, extra, train_stage)
                   for stage, checkpoint in self.stage_checkpoints(self.joint_job(method, seed).key, distiller)]
@@ -945,10 +970,14 @@ class Runner:
             "created": now_utc(),
             "seed": key.seed,
             "preset": p.name,
+            # the preset as it ran (a setting changed by --set or a file is named after, not by, its base)
+            "setting": {k: v for k, v in p.to_dict().items() if k not in ("name", "suite_overrides")},
             "machine": self.machine,
             "suite": {"name": g.suite.name, "version": g.suite.version, "domain": key.domain,
                       "train_ratio": g.train_ratio, "sizes": data.sizes, "fingerprint": data.fingerprint,
-                      "left_out": data.left_out, "trained_on": trained_on},
+                      "left_out": data.left_out, "trained_on": trained_on,
+                      # a files:DIR suite: the folder its name leaves out, and its labels (not fixed by a plugin)
+                      **({"labels": list(g.suite.labels), "source": g.suite.source} if g.suite.source else {})},
             "method": {"name": method.name, "label": g.label(method), "plugin": plugin,
                        "config": _jsonable(vars(distiller.options)), "student_kind": distiller.student_kind,
                        "layer_map": None if (mapped := distiller.mapped_layers()) is None

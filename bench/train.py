@@ -285,6 +285,7 @@ def fit(
     checkpoint: Checkpoint | None = None,
     checkpoint_every: int = 0,
     timer: Callable[[str], contextlib.AbstractContextManager] = untimed,
+    curves: Callable[[dict[str, Any], float], None] | None = None,
 ) -> FitResult:
     """Train `model` (and `extra_modules`) on `compute_loss`, keep the best dev checkpoints.
 
@@ -299,7 +300,8 @@ def fit(
     `select_best=False`: keep the last weights instead (a stage that does not train the
     classifier, whose dev accuracy says nothing). With a `checkpoint`, the loop saves its whole
     state every `checkpoint_every` steps and, when the checkpoint holds one, resumes from it.
-    `timer(phase)` times the backward pass and the optimizer step (`bench profile`).
+    `timer(phase)` times the backward pass and the optimizer step (`bench profile`). `curves(entry,
+    lr)` hears of each dev evaluation's history entry and the learning rate (bench.tracking).
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -359,6 +361,8 @@ def fit(
         if trace is not None and (traced := trace()) is not None:
             entry["trace"] = traced
         history.append(entry)
+        if curves is not None:
+            curves(entry, scheduler.get_last_lr()[0])
         log.info("%s: step %d/%d loss %.4f dev accuracy %.4f (%.1f ex/s)", desc, step, total, loss.item(), acc, rate)
         snapshot = None  # one copy for every domain whose best is this step
         for key, value in ({"mean": acc} if select_on_mean else dev).items():

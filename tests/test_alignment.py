@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from bench.api import DataConfig
-from bench.cli import with_student_layers
 from bench.data import make_loader
 from bench.models import ModelSpec, build_classifier, load_config, load_tokenizer, misaligned_layers
 from bench.plugins import Registry, get_registry, make_plugin_manager
 from bench.presets import PRESETS
 from bench.runner import Grid, load_domain
+from bench.settings import resolve_setting
 
 MINILM = "pkg:all-MiniLM-L6-v2"
 # every method that distils into intermediate layers, with the layers its default map reads
@@ -27,8 +27,8 @@ LAYER_METHODS = ("pkd", "tinybert", "minilm", "metakd", "hrkd", "hrkd-nohier", "
 CUT_PRESETS = [p for p in PRESETS.values() if p.student.copied_teacher_layers(p.teacher)]
 
 
-@pytest.mark.parametrize("preset", [*CUT_PRESETS, with_student_layers(PRESETS["cpu"], (0, 2, 4)),
-                                    with_student_layers(PRESETS["cpu"], (0, 1, 5))], ids=lambda p: p.name)
+@pytest.mark.parametrize("preset", [*CUT_PRESETS, resolve_setting("cpu", "amazon", student_layers=(1, 3, 5)),
+                                    resolve_setting("cpu", "amazon", student_layers=(0, 1, 5))], ids=lambda p: p.name)
 @pytest.mark.parametrize("method", LAYER_METHODS)
 def test_every_mapped_student_layer_starts_as_its_target(preset, method, tmp_path):
     """The presets' cuts, and any cut `--student-layers` makes: the harness hands the method the layers its

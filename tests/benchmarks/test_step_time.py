@@ -149,7 +149,7 @@ def test_method_step(benchmark, method, data_dir):
 
     def run():
         result["profile"] = profile(registry, registry.distiller(method), suite, get_preset("cpu"),
-                                    DataConfig(str(data_dir)), list(suite.domains), None, None, 4, 128, steps=5)
+                                    DataConfig(str(data_dir)), list(suite.domains), 4, 128, steps=5)
 
     benchmark.group = "method step (cpu preset models, MNLI, batch 4 per domain)"
     benchmark.pedantic(run, rounds=1, iterations=1)

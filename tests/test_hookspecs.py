@@ -15,7 +15,8 @@ def hook_functions():
 def test_there_are_the_hooks_of_the_architecture():
     names = {f.__name__ for f in hook_functions()}
     assert names == {"bench_register_suites", "bench_register_distillers", "bench_register_metrics",
-                     "bench_register_models", "bench_run_finished", "bench_machine_info"}
+                     "bench_register_models", "bench_register_presets", "bench_run_finished",
+                     "bench_machine_info"}
 
 
 @pytest.mark.parametrize("hook", hook_functions(), ids=lambda f: f.__name__)

@@ -255,7 +255,7 @@ def data_config(args, suite):
 
 def make_grid(args, registry, methods: Sequence[str]):
     """The grid a `run` or `teacher train` names, checked before anything trains."""
-    from bench.runner import Grid
+    from bench.grid import Grid
 
     suite = registry.suite(args.suite)
     distillers = [registry.distiller(m) for m in methods]
@@ -319,7 +319,8 @@ def _report_run(args, grid) -> int:
     """The table of the grid's suite, preset and methods from every result in the results dir, and
     a warning naming its unconverged runs."""
     from bench.convergence import MIN_GAIN, describe, unconverged
-    from bench.report import build_report, with_convergence
+    from bench.render import build_report
+    from bench.report import with_convergence
     from bench.results import iter_results
 
     suite, preset = grid.suite, grid.preset
@@ -398,7 +399,7 @@ def cmd_teacher(args) -> int:
     if args.teacher_command == "train":
         registry = get_registry()
         grid = make_grid(args, registry, [])
-        for domain, t in zip(grid.domains, Runner(grid, registry).train_teachers(args.kind)):
+        for domain, t in Runner(grid, registry).teachers.get(args.kind, grid.domains).items():
             print(f"{domain}: teacher {t.key} dev {t.info['dev_accuracy']:.4f} test {t.info['test_accuracy']:.4f}")
     elif args.teacher_command == "ls":
         rows = [{"key": key, "model": info["identity"]["model"]["ref"], "suite": info["identity"]["suite"],

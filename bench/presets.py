@@ -1,4 +1,5 @@
-"""Presets: the models, data sizes and training budgets every method of a comparison shares."""
+"""Presets: the models, data sizes and training budgets every method of a comparison shares, and
+the types that describe them (ModelSpec, TrainConfig)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,49 @@ from typing import Any
 
 from bench.errors import unknown_name
 from bench.measure import LatencyConfig
-from bench.models import ModelSpec
-from bench.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model, and how to initialise it.
+
+    init: "pretrained" (as is), "truncate" (keep `layers` of the pretrained encoder, 0-based,
+    as DistilBERT and PKD do) or "random" (the reference's shape, fresh weights; with
+    `layers`, only that many layers).
+    """
+
+    ref: str
+    init: str = "pretrained"
+    layers: tuple[int, ...] | None = None
+
+    def describe(self) -> str:
+        text = self.ref if self.init != "random" or self.ref.startswith("random:") else f"{self.ref} (random init)"
+        return f"{text} layers {','.join(map(str, self.layers))}" if self.layers else text
+
+    def copied_teacher_layers(self, teacher: ModelSpec) -> tuple[int, ...] | None:
+        """The teacher layer (1-based) each layer of this student starts as a copy of, when it is cut
+        from the teacher's own pretrained model; None otherwise (its layers copy none of the teacher's)."""
+        if self.init != "truncate" or not self.layers or self.ref != teacher.ref or teacher.init != "pretrained":
+            return None
+        return tuple(i + 1 for i in self.layers)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    eval_every: int = 0  # steps between dev evaluations; 0: at the end of each epoch
+    max_steps: int | None = None  # stop early (smoke runs); None: epochs decide
+    # Batches of rows of similar length: each pass is cut into chunks of this many batches, sorted
+    # by length (bench.data.SeededShuffle); 0: plain shuffling.
+    length_buckets: int = 50
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

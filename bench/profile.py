@@ -181,7 +181,8 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
     `epochs` passes (default: the preset's), the filling pass included."""
     import tempfile
 
-    from bench.runner import Grid, Runner
+    from bench.grid import Grid
+    from bench.runner import Runner
 
     preset = preset.for_suite(suite.name)
     epochs = preset.student_train.epochs if epochs is None else epochs
@@ -203,7 +204,7 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
     # its teacher may be random: never reuse its outputs, never leave them behind
     scratch = tempfile.TemporaryDirectory(prefix="bench-profile-") if teacher_cache else None
     if scratch is not None:
-        runner.outputs_root = Path(scratch.name)
+        runner.teachers.outputs_root = Path(scratch.name)
     distiller = grid.distiller(method)
     if distiller.teacher_objective() is not None:
         raise BenchError(f"{method.name} trains its teacher with its own objective, which profile does not run",
@@ -222,12 +223,12 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
     timer = PhaseTimer(device)
     compute_loss = runner.student_forward(distiller, student_model, teachers, timer=timer)
     if kind == "single":
-        tokenizer = runner.student_tokenizer
-        loader = make_loader(runner.data(domains[0]).tokenized("train", tokenizer), batch_per_domain,
+        tokenizer = runner.ctx.student_tokenizer
+        loader = make_loader(runner.ctx.data(domains[0]).tokenized("train", tokenizer), batch_per_domain,
                              tokenizer.pad_token_id, shuffle=True, seed=seed, length_buckets=length_buckets)
         loader = runner.accelerator.prepare(loader)
     else:
-        loader = runner.joint_train_loader(kind, batch_per_domain, seed, length_buckets)
+        loader = runner.trainer.joint_train_loader(kind, batch_per_domain, seed, length_buckets)
     if teacher_cache:  # both passes take the same batches
         loader = list(itertools.islice(iter(loader), warmup + steps))
     timed = TimedLoader(loader, timer, warmup)
@@ -269,7 +270,7 @@ def precision_agreement(runner, distiller: Distiller, student, teachers: dict[st
     """How a teacher at `precision` differs from the fp32 one on `batches`: the share of rows whose
     argmax agrees, and the method's distillation loss (student in eval mode, same for both)."""
     needs = distiller.needs
-    full = {d: runner.teacher_view(t.model) for d, t in teachers.items()}
+    full = {d: runner.ctx.teacher_view(t.model) for d, t in teachers.items()}
     reduced = {d: with_precision(view, precision) for d, view in full.items()}
     student.eval()
     agree = rows = 0

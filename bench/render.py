@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import pandas as pd
 
 from bench.convergence import MIN_GAIN
 from bench.errors import BenchError
-from bench.report import FORMATS, METRICS, REPORTED_NOTE, Column, Row, Summary, Table, summarize
+from bench.report import FORMATS, METRICS, REPORTED_NOTE, Column, Row, Summary, Table, build_tables, summarize
 from bench.significance import SIGNIFICANT
 
 log = logging.getLogger(__name__)
@@ -327,3 +327,12 @@ def write_page(path: str | os.PathLike, tables: Sequence[Table], command: str, l
     path.write_text(render_page(tables, command, link_base, plots, ratios), encoding="utf-8")
     log.debug("wrote %s", path)
     return path
+
+
+def build_report(records: Iterable[dict[str, Any]], suite: str | None, domain_orders: Mapping[str, Sequence[str]],
+                 fmt: str = "md", method_order: Sequence[str] | None = None, *,
+                 paper: Sequence[Row] | None = None, metric: str = "accuracy", versus: str | None = None) -> str:
+    """The tables of the records (all suites, or `suite`'s) rendered in `fmt`."""
+    check_format(fmt)
+    tables = build_tables(records, suite, domain_orders, method_order, paper=paper, metric=metric, versus=versus)
+    return render_tables(tables, fmt)

@@ -466,14 +466,3 @@ def _warn_unused_paper_columns(paper: Sequence[Row], tables: Sequence[Table]) ->
     unused = sorted({k for r in paper for k in r.scores} - known)
     if unused:
         log.warning("paper columns %s match no measured domain; they are left out", ", ".join(unused))
-
-
-def build_report(records: Iterable[dict[str, Any]], suite: str | None, domain_orders: Mapping[str, Sequence[str]],
-                 fmt: str = "md", method_order: Sequence[str] | None = None, *,
-                 paper: Sequence[Row] | None = None, metric: str = "accuracy", versus: str | None = None) -> str:
-    """The tables of the records (all suites, or `suite`'s) rendered in `fmt`."""
-    from bench.render import check_format, render_tables
-
-    check_format(fmt)
-    tables = build_tables(records, suite, domain_orders, method_order, paper=paper, metric=metric, versus=versus)
-    return render_tables(tables, fmt)

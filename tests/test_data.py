@@ -110,7 +110,7 @@ def test_an_evaluation_loader_takes_rows_by_length_and_predict_returns_them_in_r
 
     from bench.api import DataConfig
     from bench.models import ModelSpec, build_classifier
-    from bench.train import predict
+    from bench.predict import predict
 
     tok = load_tokenizer("pkg:all-MiniLM-L6-v2")
     test = mnli.load("fiction", "test", DataConfig(str(data_dir))).select(range(300))

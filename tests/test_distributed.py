@@ -345,7 +345,8 @@ from bench.api import DataConfig
 from bench.data import make_loader, tokenize
 from bench.models import load_tokenizer
 from bench.plugins import get_registry
-from bench.train import make_accelerator, predict
+from bench.predict import predict
+from bench.train import make_accelerator
 
 
 class TokenSum(torch.nn.Module):

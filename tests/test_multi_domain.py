@@ -11,9 +11,9 @@ from bench.api import Distiller
 from bench.cli import main
 from bench.data import MultiDomainLoader, make_loader
 from bench.errors import BenchError
+from bench.grid import Grid
 from bench.plugins import get_registry
 from bench.presets import get_preset
-from bench.runner import Grid
 
 
 def rows(n: int, domain_id: int):
@@ -95,9 +95,9 @@ def test_multi_teacher_files_hold_each_domains_best_checkpoint(data_dir):
     grid = Grid(suite=registry.suite("amazon"), preset=get_preset("smoke"), methods=[], domains=["books", "dvd"],
                 seeds=[1], data=DataConfig(str(data_dir)), results_dir="unused")
     runner = Runner(grid, registry)
-    teachers = runner.teachers("multi", ["books", "dvd"])
+    teachers = runner.teachers.get("multi", ["books", "dvd"])
     key = teachers["books"].key
-    assert sorted(p.name for p in runner.store.path(key).glob("*.safetensors")) == [
+    assert sorted(p.name for p in runner.teachers.store.path(key).glob("*.safetensors")) == [
         "model.books.safetensors", "model.dvd.safetensors"]
     info = teachers["books"].info
     assert info["dev_accuracy"] == info["domains"]["books"]["dev_accuracy"]
@@ -164,7 +164,7 @@ def test_a_grid_holds_only_the_teachers_of_the_job_it_runs(data_dir, tmp_path):
     runner = Runner(grid, registry)
     held = []
     run_one = runner.run_one
-    runner.run_one = lambda key, *a: (held.append(sorted(d for _, _, d in runner._teachers)), run_one(key, *a))[1]
+    runner.run_one = lambda key, *a: (held.append(sorted(d for _, _, d in runner.teachers.loaded)), run_one(key, *a))[1]
     written = runner.run()
     assert len(written) == 4
     # kd books, finetune books (needs no teacher), kd dvd, finetune dvd

@@ -18,12 +18,12 @@ import pytest
 from bench.api import DataConfig
 from bench.cli import main
 from bench.errors import BenchError
+from bench.grid import Grid
 from bench.jobs import grid_jobs, parse_shard, shard_jobs
 from bench.locks import FileLock
 from bench.plugins import get_registry
 from bench.presets import get_preset
 from bench.results import SCHEMA_VERSION, iter_results, write_result
-from bench.runner import Grid
 from bench.workers import cores
 
 # A third party's plugin: three methods that are Hinton KD until they fail, one with a NaN loss part
@@ -81,7 +81,7 @@ def bench_register_distillers(register):
 '''
 
 # `<method> on <suite>/<domain> seed <N>: accuracy <x> -> <path>`: the line of each result written
-WRITTEN = re.compile(r"INFO bench\.runner: (\S+) on (\S+)/(\S+) seed (\d+): accuracy \S+ -> ")
+WRITTEN = re.compile(r"INFO bench\.recording: (\S+) on (\S+)/(\S+) seed (\d+): accuracy \S+ -> ")
 TRAINING_TEACHER = re.compile(r"training teacher (\w+) ")
 
 
@@ -317,7 +317,8 @@ def test_jobs_share_one_grid_among_workers_and_report_once(data_dir, tmp_path):
     written = [line for line in out.stderr.splitlines() if WRITTEN.search(line)]
     assert Counter((m, d) for line in written for m, _, d, _ in WRITTEN.findall(line)) == Counter(expected)
     assert all(re.match(r"\[[12]/2\] ", line) for line in written), written
-    first = next(line for line in out.stderr.splitlines() if "bench.runner" in line and " on amazon/" in line)
+    first = next(line for line in out.stderr.splitlines()
+                 if re.search(r"bench\.(runner|recording)", line) and " on amazon/" in line)
     assert "finetune-mtl on amazon/books+dvd" in first  # the longest job is taken first
     for m, d in expected:
         record = json.loads(result_path(results, m, d).read_text())

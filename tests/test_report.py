@@ -17,8 +17,8 @@ from bench.cli import main
 from bench.errors import BenchError
 from bench.paper import read_paper
 from bench.plots import pareto_front, write_plots
-from bench.render import render
-from bench.report import build_report, build_tables, summarize, with_convergence
+from bench.render import build_report, render
+from bench.report import build_tables, summarize, with_convergence
 from bench.results import SCHEMA_VERSION, RunKey, iter_results, write_result
 
 ORDERS = {"amazon": ("books", "dvd", "electronics")}

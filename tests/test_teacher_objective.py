@@ -10,9 +10,11 @@ from safetensors.torch import load_file
 
 from bench.api import DataConfig
 from bench.cli import main
+from bench.grid import Grid
 from bench.plugins import get_registry
 from bench.presets import get_preset
-from bench.runner import Grid, Runner, joint_teacher_identity
+from bench.runner import Runner
+from bench.teacher_supply import joint_teacher_identity
 from bench.teachers import TeacherStore
 
 ARGS = ["--suite", "amazon", "--preset", "smoke", "--domains", "books,dvd"]
@@ -67,7 +69,7 @@ def test_a_plain_teacher_key_does_not_change_and_the_objective_changes_it(data_d
     grid = Grid(suite=registry.suite("amazon"), preset=get_preset("smoke"), methods=[metakd], domains=["books", "dvd"],
                 seeds=[1], data=DataConfig(str(data_dir)), results_dir="unused")
     runner = Runner(grid, registry)
-    data = {d: runner.data(d) for d in grid.domains}
+    data = {d: runner.ctx.data(d) for d in grid.domains}
     objective = grid.distiller(metakd).teacher_objective()
     plain, meta = joint_teacher_identity(grid, "mix", data), joint_teacher_identity(grid, "mix", data, objective)
     assert "objective" not in plain

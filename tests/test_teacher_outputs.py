@@ -11,10 +11,10 @@ import torch
 from bench.api import DataConfig
 from bench.cli import main
 from bench.data import Collator, tokenize
+from bench.domain_data import load_domain
 from bench.models import ModelSpec, build_classifier, load_tokenizer
 from bench.plugins import get_registry
 from bench.presets import get_preset
-from bench.runner import load_domain
 from bench.teacher_outputs import (
     CachedTeacher,
     TeacherOutputCache,
@@ -491,7 +491,8 @@ def test_a_batchs_new_outputs_are_written_before_the_student_forward_and_first_r
     reads for the first time (tinybert's layers, on its first batch) when the next batch comes or
     when asked (after training)."""
     from bench.data import make_loader
-    from bench.runner import Grid, Runner
+    from bench.grid import Grid
+    from bench.runner import Runner
     from bench.teachers import StoredTeacher
     from bench.testing import STUDENT
 
@@ -500,16 +501,16 @@ def test_a_batchs_new_outputs_are_written_before_the_student_forward_and_first_r
     grid = Grid(suite=registry.suite("amazon"), preset=get_preset("smoke"), methods=[tinybert], domains=["books"],
                 seeds=[1], data=DataConfig(str(data_dir)), results_dir=str(tmp_path / "results"))
     runner = Runner(grid, registry)
-    runner.outputs_root = tmp_path / "outputs"
-    tok = runner.student_tokenizer
-    b1, b2 = list(make_loader(runner.data("books").tokenized("train", tok), 8, tok.pad_token_id, shuffle=False))[:2]
+    runner.teachers.outputs_root = tmp_path / "outputs"
+    tok = runner.ctx.student_tokenizer
+    b1, b2 = list(make_loader(runner.ctx.data("books").tokenized("train", tok), 8, tok.pad_token_id, shuffle=False))[:2]
     student = build_classifier(STUDENT, 2)
     distiller = grid.distiller(tinybert)
     distiller.domains = ("books",)
     distiller.extra_modules(teacher.config, student.config)
 
     def chunks():
-        return len(list(runner.outputs_root.rglob("*.safetensors")))
+        return len(list(runner.teachers.outputs_root.rglob("*.safetensors")))
 
     at_student = []
 
@@ -546,17 +547,18 @@ def test_teachers_under_one_store_key_with_other_weights_get_other_caches(data_d
     key (after `teacher rm`, or with other floating-point results) must not read the other's outputs."""
     import copy
 
-    from bench.runner import Grid, Runner
+    from bench.grid import Grid
+    from bench.runner import Runner
     from bench.teachers import StoredTeacher
 
     registry = get_registry()
     grid = Grid(suite=registry.suite("amazon"), preset=get_preset("smoke"), methods=[registry.distiller("kd")],
                 domains=["books"], seeds=[1], data=DataConfig(str(data_dir)), results_dir=str(tmp_path / "results"))
     runner = Runner(grid, registry)
-    runner.outputs_root = tmp_path / "outputs"
+    runner.teachers.outputs_root = tmp_path / "outputs"
 
     def folder(model):
-        view = runner.cached_teacher(model, {"books": StoredTeacher("t0", model, {}, False, None)}, "books")
+        view = runner.teachers.cached_view(model, {"books": StoredTeacher("t0", model, {}, False, None)}, "books")
         return view.caches[0].folder
 
     retrained = copy.deepcopy(teacher)
@@ -564,7 +566,7 @@ def test_teachers_under_one_store_key_with_other_weights_get_other_caches(data_d
         retrained.heads[0].weight[0, 0] += 1e-6  # one weight, in its last digits
     assert folder(copy.deepcopy(teacher)) == folder(teacher)  # the same weights: the same cache
     assert folder(retrained) != folder(teacher)
-    assert len(list_caches(runner.outputs_root)) == 2
+    assert len(list_caches(runner.teachers.outputs_root)) == 2
 
 
 def test_removing_a_teacher_removes_its_cached_outputs(rows, teacher, tmp_path):

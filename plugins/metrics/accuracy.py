@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench.api import MetricSpec
 from bench.hookspecs import hookimpl
-from bench.train import accuracy
+from bench.measure import accuracy
 
 
 def compute(ctx) -> float:

@@ -17,7 +17,7 @@ import torch
 from bench.api import DataConfig
 from bench.data import make_loader, tokenize
 from bench.models import ModelSpec, build_classifier, load_tokenizer
-from bench.train import predict
+from bench.predict import predict
 
 STUDENT = ModelSpec("pkg:all-MiniLM-L6-v2", init="random", layers=(0, 2, 4))
 

@@ -51,9 +51,10 @@ def harness_kd(teacher, student):
     """`fit` over the harness's KD step (the kd plugin's loss, the runner's forwards, the training
     loop), built once: the returned function is what is timed."""
     from bench.api import DataConfig
+    from bench.grid import Grid
     from bench.plugins import get_registry
     from bench.presets import get_preset
-    from bench.runner import Grid, Runner
+    from bench.runner import Runner
     from bench.teachers import StoredTeacher
 
     registry = get_registry()

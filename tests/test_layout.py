@@ -1,0 +1,69 @@
+"""The house's layering, read from the source: plugins reach the host only through its public
+modules, and the host's modules import one another without a cycle."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# The contract for plugin authors (docs/PLUGINS.md): everything else in bench/ may change.
+PUBLIC = {"bench", "bench.api", "bench.hookspecs", "bench.losses", "bench.testing", "bench.errors", "bench.measure"}
+PLUGIN_SOURCES = ["plugins", "hrkd_plugin/hrkd_plugin", "examples/kd-bench-logit-mse/bench_logit_mse.py"]
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import in `path`, those under `if TYPE_CHECKING:` left out (types only)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    typing_only = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            typing_only |= {id(n) for child in node.body for n in ast.walk(child)}
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.append((node.lineno, node.module))
+    return out
+
+
+def python_files(relative: str) -> list[Path]:
+    path = ROOT / relative
+    return [path] if path.is_file() else sorted(path.rglob("*.py"))
+
+
+@pytest.mark.parametrize("source", PLUGIN_SOURCES)
+def test_plugins_import_only_the_public_modules_of_the_host(source):
+    files = python_files(source)
+    assert files, f"{source} holds no Python files: update PLUGIN_SOURCES"
+    private = [f"{path.relative_to(ROOT)}:{line}: {module}" for path in files
+               for line, module in imported_modules(path)
+               if module.split(".")[0] == "bench" and module not in PUBLIC]
+    assert not private, "plugins import internals of the host:\n" + "\n".join(private)
+
+
+def test_the_host_modules_import_one_another_without_a_cycle():
+    graph = {}
+    for path in sorted((ROOT / "bench").rglob("*.py")):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = {m for _, m in imported_modules(path) if m.startswith("bench.") and m != name}
+    assert len(graph) > 20 and "bench.runner" in graph["bench.cli"]  # the graph was read
+
+    cycles, state = [], {}
+
+    def visit(node, trail):
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join(trail[trail.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = "done"
+
+    for node in graph:
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)

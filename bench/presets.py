@@ -46,7 +46,7 @@ class TrainConfig:
     eval_every: int = 0  # steps between dev evaluations; 0: at the end of each epoch
     max_steps: int | None = None  # stop early (smoke runs); None: epochs decide
     # Batches of rows of similar length: each pass is cut into chunks of this many batches, sorted
-    # by length (bench.data.SeededShuffle); 0: plain shuffling.
+    # by length (bench.data.batching.SeededShuffle); 0: plain shuffling.
     length_buckets: int = 50
 
     def to_dict(self) -> dict[str, Any]:

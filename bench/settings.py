@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError, unknown_name
-from bench.models import ModelSpec
+from bench.models.classifier import ModelSpec
 from bench.presets import DEFAULT_PRESET, PRESETS, Preset
 
 # What a change may not touch: the name is the setting's, and changes already apply after the

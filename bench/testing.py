@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from bench.api import OUTPUTS, Batch, Distiller, ModelOutputs, TeacherExtras, TeacherObjective
-from bench.models import ModelSpec, build_classifier
+from bench.models.classifier import ModelSpec, build_classifier
 
 TEACHER = ModelSpec("random:tiny")
 STUDENT = ModelSpec("random:tiny", init="random", layers=(0, 1))

@@ -34,7 +34,8 @@ def data_dir() -> Path:
 def fake_cpu(monkeypatch):
     """Make the bf16 check see a CPU with these flags: `fake_cpu("avx2")`."""
     def fake(*flags: str) -> None:
-        monkeypatch.setattr("bench.precision.cpu_model", lambda: {"cpu_model": "Test CPU", "cpu_flags": list(flags)})
+        monkeypatch.setattr("bench.models.precision.cpu_model",
+                            lambda: {"cpu_model": "Test CPU", "cpu_flags": list(flags)})
     return fake
 
 
@@ -66,7 +67,7 @@ def torch_threads_kept():
 def packaged_cache(tmp_path_factory) -> Path:
     """One assembled all-mpnet-base-v2 for the session, shared by every test that needs it
     (assembling costs seconds and 440 MB)."""
-    from bench import packaged
+    from bench.models import packaged
 
     cache = tmp_path_factory.getbasetemp() / "packaged-models"
     with pytest.MonkeyPatch.context() as mp:

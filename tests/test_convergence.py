@@ -1,9 +1,9 @@
-"""Whether a training had converged (bench.convergence): the mean dev accuracy of the last quarter of
+"""Whether a training had converged (bench.results.convergence): the mean dev accuracy of the last quarter of
 its steps against that of the quarter before."""
 
 import pytest
 
-from bench.convergence import MIN_GAIN, convergence, describe, unconverged
+from bench.results.convergence import MIN_GAIN, convergence, describe, unconverged
 
 
 def curve(points, **per_domain):

@@ -1,8 +1,8 @@
 import datasets
 import torch
 
-from bench.data import make_loader, tokenize
-from bench.models import load_tokenizer
+from bench.data.batching import make_loader, tokenize
+from bench.models.classifier import load_tokenizer
 
 
 def test_batches_are_padded_to_their_longest_row_not_max_len():
@@ -46,7 +46,7 @@ def test_shuffling_repeats_with_the_seed():
 
 
 def test_batches_number_each_row_by_its_index_in_the_split():
-    from bench.data import Collator
+    from bench.data.batching import Collator
 
     rows = datasets.Dataset.from_list([{"input_ids": [101, 7 + i, 102], "token_type_ids": [0, 0, 0], "label": i % 2,
                                         "domain_id": 0, "row_id": i} for i in range(5)])
@@ -64,7 +64,7 @@ def rows_of_lengths(lengths):
 
 
 def test_length_buckets_pad_less_and_still_shuffle_every_row_once():
-    from bench.data import SeededShuffle
+    from bench.data.batching import SeededShuffle
 
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(3, 120, (203,), generator=g).tolist()
@@ -90,7 +90,7 @@ def test_length_buckets_pad_less_and_still_shuffle_every_row_once():
 
 
 def test_a_bucketed_loader_resumes_mid_pass_where_it_stood():
-    from bench.data import seek
+    from bench.data.batching import seek
 
     lengths = [3 + (i * 37) % 50 for i in range(30)]
     loader = make_loader(rows_of_lengths(lengths), 4, 0, shuffle=True, seed=2, length_buckets=2)
@@ -109,8 +109,8 @@ def test_an_evaluation_loader_takes_rows_by_length_and_predict_returns_them_in_r
     from bench_plugins.suites import mnli
 
     from bench.api import DataConfig
-    from bench.models import ModelSpec, build_classifier
-    from bench.predict import predict
+    from bench.models.classifier import ModelSpec, build_classifier
+    from bench.training.predict import predict
 
     tok = load_tokenizer("pkg:all-MiniLM-L6-v2")
     test = mnli.load("fiction", "test", DataConfig(str(data_dir))).select(range(300))

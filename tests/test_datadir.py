@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 
-from bench import datadir
 from bench.cli import main
+from bench.data import datadir
 from bench.errors import BenchError
 from bench.plugins import get_registry
 

@@ -67,7 +67,7 @@ def make_batch(labels=(0, 2, 1)):
 
 
 def make_outputs(rng, n_layers, hidden, heads=HEADS, head_dim=4):
-    """Random outputs shaped as bench.models.Classifier gives them, in float64: scores carry the
+    """Random outputs shaped as bench.models.classifier.Classifier gives them, in float64: scores carry the
     additive mask (the dtype's minimum) on padded keys."""
     additive = np.where(make_batch().attention_mask.numpy()[:, None, None, :] == 1, 0.0, np.finfo(np.float64).min)
     scores = [rng.normal(size=(BATCH, heads, SEQ, SEQ)) * 3 + additive for _ in range(n_layers)]
@@ -374,9 +374,9 @@ def test_minilm_refuses_unknown_prediction_when_built():
 @pytest.mark.parametrize("name,options", [("pkd", {}), ("tinybert", {}), ("tinybert", {"two_stage": True}),
                                           ("minilm", {}), ("minilm", {"prediction": "finetune"})])
 def test_losses_on_the_smoke_models_give_finite_gradients(name, options):
-    """The outputs of bench.models line up with what each loss indexes, and the masked entries
+    """The outputs of bench.models.classifier line up with what each loss indexes, and the masked entries
     (about -3.4e38 in float32) leave no nan or inf in the student's gradients."""
-    from bench.models import ModelSpec, build_classifier
+    from bench.models.classifier import ModelSpec, build_classifier
 
     torch.manual_seed(0)
     teacher = build_classifier(ModelSpec("random:tiny"), CLASSES).eval()
@@ -434,9 +434,9 @@ def test_stages_that_never_train_the_classifier_keep_their_last_weights():
 
 def test_two_stage_tinybert_trains_both_stages(tmp_path, data_dir, same_store):
     from bench.api import DataConfig
-    from bench.grid import Grid
     from bench.presets import get_preset
-    from bench.runner import Runner
+    from bench.runs.grid import Grid
+    from bench.runs.runner import Runner
 
     registry = get_registry()
     grid = Grid(suite=registry.suite("amazon"), preset=get_preset("smoke"), methods=[registry.distiller("tinybert")],
@@ -465,10 +465,10 @@ def test_a_layer_map_that_does_not_fit_fails_before_any_teacher_trains(tmp_path,
 
     from bench.api import DataConfig
     from bench.errors import BenchError
-    from bench.grid import Grid
     from bench.plugins import get_registry
     from bench.presets import get_preset
-    from bench.runner import Runner
+    from bench.runs.grid import Grid
+    from bench.runs.runner import Runner
 
     registry = get_registry()
     grid = Grid(suite=registry.suite("amazon"), preset=get_preset("smoke"), methods=[registry.distiller("tinybert")],

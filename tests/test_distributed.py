@@ -45,7 +45,7 @@ def records(results: Path) -> dict[tuple[str, str], dict]:
 LAUNCHER = """
 import sys
 
-from bench import models
+from bench.models import classifier as models
 
 for shape in models.SHAPES.values():
     shape.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -190,7 +190,7 @@ CHECKPOINT_LAUNCHER = '''
 import os
 import sys
 
-from bench.checkpoint import Checkpoint
+from bench.training.checkpoint import Checkpoint
 from bench.cli import main
 
 save = Checkpoint.save
@@ -225,7 +225,7 @@ import os
 import sys
 
 from bench.cli import main
-from bench.models import Classifier
+from bench.models.classifier import Classifier
 
 forward = Classifier.forward
 
@@ -342,11 +342,11 @@ from types import SimpleNamespace
 import torch
 
 from bench.api import DataConfig
-from bench.data import make_loader, tokenize
-from bench.models import load_tokenizer
+from bench.data.batching import make_loader, tokenize
+from bench.models.classifier import load_tokenizer
 from bench.plugins import get_registry
-from bench.predict import predict
-from bench.train import make_accelerator
+from bench.training.predict import predict
+from bench.training.loop import make_accelerator
 
 
 class TokenSum(torch.nn.Module):

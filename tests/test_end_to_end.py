@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.significance import decode_labels
+from bench.results.significance import decode_labels
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_a_run_writes_where_git_ignores_unless_told(tmp_path):
     """A fresh clone's `bench run` trains instead of finding the committed comparison's results."""
     import subprocess
 
-    from bench.results import DEFAULT_RESULTS_DIR
+    from bench.results.records import DEFAULT_RESULTS_DIR
 
     repo = Path(__file__).resolve().parent.parent
     if not (repo / ".git").exists():
@@ -229,8 +229,8 @@ def test_kd_with_a_teacher_of_another_vocabulary(tmp_path, data_dir, packaged_ca
     from transformers import AutoModel, AutoTokenizer, MPNetConfig
 
     import bench.presets
-    from bench.models import ModelSpec
-    from bench.packaged import model_dir
+    from bench.models.classifier import ModelSpec
+    from bench.models.packaged import model_dir
 
     monkeypatch.setenv("BENCH_CACHE_DIR", str(packaged_cache))
     tiny = tmp_path / "tiny-mpnet"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from bench import files_suite as files
 from bench.api import DataConfig
 from bench.cli import main
+from bench.data import files_suite as files
 from bench.errors import BenchError
-from bench.significance import decode_labels
+from bench.results.significance import decode_labels
 
 STRICT, SKIP = DataConfig("unused"), DataConfig("unused", skip_bad_rows=True)
 
@@ -351,7 +351,7 @@ def read_all(results):
 
 
 def test_a_run_stores_results_under_the_folder_name_with_labels_and_source(smoke):
-    from bench.teacher_outputs import list_caches
+    from bench.teachers.outputs import list_caches
 
     code, root, results, store = smoke
     assert code == 0

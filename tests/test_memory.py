@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from bench.memory import HeapCreep, peak_rss_mib, reset_peak_rss, resident_bytes
+from bench.training.memory import HeapCreep, peak_rss_mib, reset_peak_rss, resident_bytes
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-run peaks need /proc/self/clear_refs")
 
@@ -34,7 +34,7 @@ def test_the_peak_is_at_least_the_current_resident_set():
 @linux
 def test_releasing_the_free_heap_lowers_the_resident_set_after_many_small_frees():
     """Blocks under glibc's mmap threshold stay in the heap when freed; releasing hands them back."""
-    from bench.memory import release_free_heap
+    from bench.training.memory import release_free_heap
 
     def resident_mib():
         return resident_bytes() / 2**20
@@ -51,7 +51,7 @@ def test_releasing_the_free_heap_lowers_the_resident_set_after_many_small_frees(
 def test_heap_creep_trims_once_the_resident_set_crept_its_slack_past_the_first_step_after_a_trim(monkeypatch):
     """A step's end sees what the heap has touched: the first step after a trim sets the base, a
     later one more than the slack above it trims, and the step after that sets the base again."""
-    from bench import memory
+    from bench.training import memory
 
     resident = [0]
     monkeypatch.setattr(memory, "resident_bytes", lambda: resident[0])

@@ -13,7 +13,7 @@ from bench_plugins.metrics.latency import compression, speedup, student_latency,
 
 from bench.api import EvalContext
 from bench.measure import LatencyConfig, latency_inputs, measure_latency, param_counts
-from bench.models import ModelSpec, build_classifier
+from bench.models.classifier import ModelSpec, build_classifier
 from bench.plugins import get_registry
 
 

@@ -175,7 +175,7 @@ EXPECTED = {"fiction": (3452, 384, 995), "government": (3494, 389, 1016), "slate
 
 
 def test_the_real_subset_splits_as_the_issue_states(data_dir):
-    from bench.datadir import stats
+    from bench.data.datadir import stats
 
     rows = {r["domain"]: r for r in stats(mnli.SUITE, cfg(data_dir))}
     assert {d: (r["train"], r["dev"], r["test"]) for d, r in rows.items()} == EXPECTED
@@ -198,7 +198,7 @@ def test_hub_download_writes_jsonl_the_loader_reads(tmp_path, monkeypatch):
         return datasets.DatasetDict({"train": hub_split(100), "validation_matched": hub_split(40)})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    from bench.datadir import prepare
+    from bench.data.datadir import prepare
 
     assert prepare([mnli.SUITE], tmp_path, None) == [f"mnli: downloaded from the hub to {tmp_path / 'mnli'}"]
     assert asked == ["nyu-mll/multi_nli"]

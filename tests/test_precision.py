@@ -9,8 +9,8 @@ import torch
 from bench.api import Batch, ModelOutputs
 from bench.cli import main
 from bench.errors import BenchError
-from bench.models import ModelSpec, build_classifier
-from bench.precision import AutocastTeacher, as_fp32, check_native, check_precision
+from bench.models.classifier import ModelSpec, build_classifier
+from bench.models.precision import AutocastTeacher, as_fp32, check_native, check_precision
 
 NEEDS = frozenset({"logits", "hidden", "attentions"})
 

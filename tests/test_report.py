@@ -15,11 +15,12 @@ import pytest
 
 from bench.cli import main
 from bench.errors import BenchError
-from bench.paper import read_paper
-from bench.plots import pareto_front, write_plots
-from bench.render import build_report, render
-from bench.report import build_tables, summarize, with_convergence
-from bench.results import SCHEMA_VERSION, RunKey, iter_results, write_result
+from bench.results.paper import read_paper
+from bench.results.plots import pareto_front, write_plots
+from bench.results.records import SCHEMA_VERSION, RunKey, iter_results, write_result
+from bench.results.render import build_report, render
+from bench.results.report import build_tables, with_convergence
+from bench.results.tables import summarize
 
 ORDERS = {"amazon": ("books", "dvd", "electronics")}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -349,7 +350,7 @@ def test_plots_are_written_as_pngs(new_store, tmp_path):
 def test_eleven_and_more_students_get_colours_of_their_own_none_grey_like_the_teachers():
     from matplotlib.colors import to_rgb
 
-    from bench.plots import _student_color
+    from bench.results.plots import _student_color
 
     colours = [to_rgb(_student_color(i)) for i in range(18)]
     assert len(set(colours)) == 18

@@ -173,7 +173,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bench.teacher_supply import TeacherSupply
+from bench.teachers.supply import TeacherSupply
 
 teacher_loss = TeacherSupply.loss
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import bench.retime
+import bench.results.retime
 from bench.cli import main
 from bench.errors import BenchError
 from bench.plugins import get_registry
@@ -41,13 +41,13 @@ def results(smoke_results, tmp_path):
 def test_one_timing_per_architecture_written_into_every_result(results, monkeypatch):
     before = read_all(results)
     timed_models = []
-    measure = bench.retime.measure_latency
+    measure = bench.results.retime.measure_latency
 
     def counting(model, config):
         timed_models.append(len(model.heads))
         return measure(model, config)
 
-    monkeypatch.setattr(bench.retime, "measure_latency", counting)
+    monkeypatch.setattr(bench.results.retime, "measure_latency", counting)
     assert main(["retime", "--results-dir", str(results)]) == 0
 
     # the teacher, the one-head student, the two-head student: each timed once for four results
@@ -108,14 +108,14 @@ def test_a_result_timed_on_a_device_this_machine_lacks_stops_the_sitting_with_no
         (results / path).parent.mkdir(parents=True, exist_ok=True)
         (results / path).write_text(json.dumps(record))
     before = {p: p.read_bytes() for p in results.rglob("*.json")}
-    monkeypatch.setattr(bench.retime.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(bench.results.retime.torch.cuda, "is_available", lambda: False)
     with pytest.raises(BenchError, match="was timed on cuda, which this machine lacks") as err:
-        bench.retime.retime_results(results, get_registry())
+        bench.results.retime.retime_results(results, get_registry())
     assert "retime it on a machine like the one that ran it" in str(err.value)
     assert {p: p.read_bytes() for p in results.rglob("*.json")} == before
 
 
 def test_a_suite_filter_leaves_other_suites_alone(results):
     before = {p: p.read_bytes() for p in results.rglob("*.json")}
-    assert bench.retime.retime_results(results, get_registry(), suite="mnli") == []
+    assert bench.results.retime.retime_results(results, get_registry(), suite="mnli") == []
     assert {p: p.read_bytes() for p in results.rglob("*.json")} == before

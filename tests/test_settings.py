@@ -11,7 +11,7 @@ from bench.errors import BenchError
 from bench.hookspecs import hookimpl
 from bench.plugins import Registry, make_plugin_manager, set_registry
 from bench.presets import PRESETS
-from bench.retime import _teacher
+from bench.results.retime import _teacher
 from bench.settings import parse_sets, read_preset_file, resolve_setting
 
 

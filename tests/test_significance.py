@@ -1,4 +1,4 @@
-"""The paired randomisation test of bench.significance, checked against independent computations:
+"""The paired randomisation test of bench.results.significance, checked against independent computations:
 brute-force enumeration of every swap pattern, a Monte-Carlo approximate randomisation, and scipy's
 exact binomial test."""
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench.errors import BenchError
-from bench.significance import (
+from bench.results.significance import (
     Paired,
     decode_labels,
     discordant,

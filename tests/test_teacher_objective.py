@@ -10,12 +10,12 @@ from safetensors.torch import load_file
 
 from bench.api import DataConfig
 from bench.cli import main
-from bench.grid import Grid
 from bench.plugins import get_registry
 from bench.presets import get_preset
-from bench.runner import Runner
-from bench.teacher_supply import joint_teacher_identity
-from bench.teachers import TeacherStore
+from bench.runs.grid import Grid
+from bench.runs.runner import Runner
+from bench.teachers.store import TeacherStore
+from bench.teachers.supply import joint_teacher_identity
 
 ARGS = ["--suite", "amazon", "--preset", "smoke", "--domains", "books,dvd"]
 

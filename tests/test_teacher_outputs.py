@@ -10,12 +10,12 @@ import torch
 
 from bench.api import DataConfig
 from bench.cli import main
-from bench.data import Collator, tokenize
-from bench.domain_data import load_domain
-from bench.models import ModelSpec, build_classifier, load_tokenizer
+from bench.data.batching import Collator, tokenize
+from bench.data.domains import load_domain
+from bench.models.classifier import ModelSpec, build_classifier, load_tokenizer
 from bench.plugins import get_registry
 from bench.presets import get_preset
-from bench.teacher_outputs import (
+from bench.teachers.outputs import (
     CachedTeacher,
     TeacherOutputCache,
     cache_identity,
@@ -289,7 +289,7 @@ def test_a_damaged_chunk_is_dropped_with_a_warning_and_its_rows_recomputed(rows,
     data = chunk.read_bytes()
     chunk.write_bytes({"truncated": data[:len(data) // 2], "cut short by a byte": data[:-1],
                        "not a chunk": b"\x00" * 64}[damage])
-    caplog.set_level(logging.WARNING, logger="bench.teacher_outputs")
+    caplog.set_level(logging.WARNING, logger="bench.teachers.outputs")
     later = TeacherOutputCache(identity(rows), root=tmp_path)
     assert "dropping unreadable chunk" in caplog.text and chunk.name in caplog.text
     assert not chunk.exists()
@@ -313,7 +313,7 @@ def test_a_damaged_chunk_is_dropped_with_a_warning_and_its_rows_recomputed(rows,
 def test_a_folder_whose_cache_json_describes_another_identity_is_rebuilt(rows, teacher, tmp_path, caplog, meta):
     first = fill(rows, teacher, tmp_path, [0, 1])
     (first.folder / "cache.json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
-    caplog.set_level(logging.WARNING, logger="bench.teacher_outputs")
+    caplog.set_level(logging.WARNING, logger="bench.teachers.outputs")
     later = TeacherOutputCache(identity(rows), root=tmp_path)
     assert "does not describe this cache" in caplog.text
     assert not list(later.folder.glob("*.safetensors")) and later.get("logits", [0]) is None
@@ -348,7 +348,7 @@ def test_writing_stops_when_the_finished_cache_would_not_fit_on_the_disk(rows, t
     assert not cache.full
     # the rest (all rows but these) needs ~per_row * (rows - 2): report less free than that
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, int(per_row * 3)))
-    caplog.set_level(logging.WARNING, logger="bench.teacher_outputs")
+    caplog.set_level(logging.WARNING, logger="bench.teachers.outputs")
     batch = batch_of(rows, "books", [2, 3])
     read_all(cached(batch, NEEDS))
     cached.flush()  # this chunk is written, then the projection stops further writing
@@ -490,10 +490,10 @@ def test_a_batchs_new_outputs_are_written_before_the_student_forward_and_first_r
     What the cached teacher fetched when called is written before the student's forward; what a loss
     reads for the first time (tinybert's layers, on its first batch) when the next batch comes or
     when asked (after training)."""
-    from bench.data import make_loader
-    from bench.grid import Grid
-    from bench.runner import Runner
-    from bench.teachers import StoredTeacher
+    from bench.data.batching import make_loader
+    from bench.runs.grid import Grid
+    from bench.runs.runner import Runner
+    from bench.teachers.store import StoredTeacher
     from bench.testing import STUDENT
 
     registry = get_registry()
@@ -547,9 +547,9 @@ def test_teachers_under_one_store_key_with_other_weights_get_other_caches(data_d
     key (after `teacher rm`, or with other floating-point results) must not read the other's outputs."""
     import copy
 
-    from bench.grid import Grid
-    from bench.runner import Runner
-    from bench.teachers import StoredTeacher
+    from bench.runs.grid import Grid
+    from bench.runs.runner import Runner
+    from bench.teachers.store import StoredTeacher
 
     registry = get_registry()
     grid = Grid(suite=registry.suite("amazon"), preset=get_preset("smoke"), methods=[registry.distiller("kd")],

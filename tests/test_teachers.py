@@ -7,9 +7,9 @@ import logging
 import pytest
 import torch
 
-import bench.models
+import bench.models.classifier
 from bench.cli import main
-from bench.teachers import TeacherStore, get_or_train_teacher, teacher_key
+from bench.teachers.store import TeacherStore, get_or_train_teacher, teacher_key
 
 
 def test_teacher_train_ls_reuse_rm(tmp_path, data_dir, capsys, caplog):
@@ -88,7 +88,7 @@ def test_dry_run_plans_without_loading_any_model(tmp_path, data_dir, capsys, mon
     def no_models(ref):
         raise AssertionError(f"the plan must not resolve {ref}")
 
-    monkeypatch.setattr(bench.models, "resolve_dir", no_models)
+    monkeypatch.setattr(bench.models.classifier, "resolve_dir", no_models)
     assert main(["run", "--preset", "paper", "--dry-run", "--methods", "kd,finetune", "--suite", "mnli",
                  "--domains", "fiction", "--results-dir", str(tmp_path), "--data-dir", str(data_dir)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -114,7 +114,7 @@ def test_a_preset_sizes_each_suite_as_it_says(tmp_path, data_dir, capsys, monkey
     def no_models(ref):
         raise AssertionError(f"the plan must not resolve {ref}")
 
-    monkeypatch.setattr(bench.models, "resolve_dir", no_models)
+    monkeypatch.setattr(bench.models.classifier, "resolve_dir", no_models)
     assert main(["run", "--dry-run", "--methods", "kd", "--suite", "mnli", "--domains", "fiction",
                  "--results-dir", str(tmp_path), "--data-dir", str(data_dir)]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -5,7 +5,7 @@ from test_report import record, store
 
 from bench.cli import main
 from bench.errors import BenchError
-from bench.traces import ratio_traces, write_ratio_plots
+from bench.results.traces import ratio_traces, write_ratio_plots
 
 
 def traced(domain: str, label: str = "graphkd") -> dict:

@@ -6,7 +6,7 @@ import pytest
 
 from bench.cli import main
 from bench.errors import BenchError
-from bench.tracking import check_trackers
+from bench.training.tracking import check_trackers
 
 
 def scalars(folder):

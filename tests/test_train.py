@@ -3,7 +3,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bench.api import Batch
-from bench.train import TrainConfig, fit, make_accelerator, param_groups
+from bench.training.loop import TrainConfig, fit, make_accelerator, param_groups
 
 
 def toy_batches(n=6, size=4):

@@ -4,11 +4,11 @@ all-mpnet-base-v2 (the same word pieces shifted, <s>/</s>/<pad>), on MNLI- and A
 import pytest
 import torch
 
-import bench.packaged as packaged
-from bench.data import Collator
+import bench.models.packaged as packaged
+from bench.data.batching import Collator
 from bench.errors import BenchError
-from bench.models import load_tokenizer
-from bench.vocab import align, to_teacher
+from bench.models.classifier import load_tokenizer
+from bench.models.vocab import align, to_teacher
 
 REVIEWS = [
     "Great value!!! Bought 2 of these for $39.99 each - still working after 18 months.",
@@ -153,7 +153,7 @@ def test_the_teacher_reads_a_single_separator_pair_as_it_reads_its_own(toks, mon
     """The pretrained teacher, before any fine-tuning, on a padded mapped batch: token states at
     aligned positions and mean-pooled sentence embeddings agree with those of its own
     double-separator encoding (cosine > 0.98; measured 0.99 and up), and different pairs stay apart."""
-    from bench.models import ModelSpec, load_encoder
+    from bench.models.classifier import ModelSpec, load_encoder
 
     teacher, student, packaged_dir = toks
     monkeypatch.setenv("BENCH_CACHE_DIR", str(packaged_dir.parent.parent))

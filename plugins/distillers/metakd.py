@@ -150,7 +150,7 @@ def row_scores(tensors, domains, batch) -> torch.Tensor:
     """Each row's prototype score, looked up by its domain and its index in that domain's train split."""
     if batch.row_ids is None:
         raise BenchError("metakd weighs training rows by their prototype scores, but the batch has no row_ids",
-                         "build batches with bench.data.make_loader, which numbers each split's rows")
+                         "build batches with bench.data.batching.make_loader, which numbers each split's rows")
     scores = torch.empty(len(batch), device=batch.row_ids.device)
     for domain_id in batch.domain_ids.unique().tolist():
         rows = batch.domain_ids == domain_id

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from bench.api import DataConfig
-from bench.data import make_loader, tokenize
-from bench.models import ModelSpec, build_classifier, load_tokenizer
-from bench.predict import predict
+from bench.data.batching import make_loader, tokenize
+from bench.models.classifier import ModelSpec, build_classifier, load_tokenizer
+from bench.training.predict import predict
 
 STUDENT = ModelSpec("pkg:all-MiniLM-L6-v2", init="random", layers=(0, 2, 4))
 

@@ -20,8 +20,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from bench.api import Batch
 from bench.measure import LatencyConfig, measure_latency
-from bench.models import ModelSpec, build_classifier
-from bench.train import TrainConfig, fit, param_groups
+from bench.models.classifier import ModelSpec, build_classifier
+from bench.training.loop import TrainConfig, fit, param_groups
 
 TEACHER = ModelSpec("pkg:all-MiniLM-L6-v2", init="random")
 STUDENT = ModelSpec("pkg:all-MiniLM-L6-v2", init="random", layers=(0, 2, 4))
@@ -51,11 +51,11 @@ def harness_kd(teacher, student):
     """`fit` over the harness's KD step (the kd plugin's loss, the runner's forwards, the training
     loop), built once: the returned function is what is timed."""
     from bench.api import DataConfig
-    from bench.grid import Grid
     from bench.plugins import get_registry
     from bench.presets import get_preset
-    from bench.runner import Runner
-    from bench.teachers import StoredTeacher
+    from bench.runs.grid import Grid
+    from bench.runs.runner import Runner
+    from bench.teachers.store import StoredTeacher
 
     registry = get_registry()
     kd = registry.distiller("kd")
@@ -139,7 +139,7 @@ def test_method_step(benchmark, method, data_dir):
     from bench.api import DataConfig
     from bench.plugins import Registry, make_plugin_manager
     from bench.presets import get_preset
-    from bench.profile import profile
+    from bench.runs.profile import profile
 
     # With the entry points the test run leaves out: hrkd is a package of its own (`make` installs it).
     registry = Registry.build(make_plugin_manager(load_entry_points=True))

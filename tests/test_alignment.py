@@ -14,10 +14,10 @@ import torch
 from bench.api import DataConfig
 from bench.data.batching import make_loader
 from bench.data.domains import load_domain
+from bench.grid.spec import Grid
 from bench.models.classifier import ModelSpec, build_classifier, load_config, load_tokenizer, misaligned_layers
 from bench.plugins import Registry, get_registry, make_plugin_manager
 from bench.presets import PRESETS
-from bench.runs.grid import Grid
 from bench.settings import resolve_setting
 
 MINILM = "pkg:all-MiniLM-L6-v2"

@@ -434,9 +434,9 @@ def test_stages_that_never_train_the_classifier_keep_their_last_weights():
 
 def test_two_stage_tinybert_trains_both_stages(tmp_path, data_dir, same_store):
     from bench.api import DataConfig
+    from bench.grid.runner import Runner
+    from bench.grid.spec import Grid
     from bench.presets import get_preset
-    from bench.runs.grid import Grid
-    from bench.runs.runner import Runner
 
     registry = get_registry()
     grid = Grid(suite=registry.suite("amazon"), preset=get_preset("smoke"), methods=[registry.distiller("tinybert")],
@@ -465,10 +465,10 @@ def test_a_layer_map_that_does_not_fit_fails_before_any_teacher_trains(tmp_path,
 
     from bench.api import DataConfig
     from bench.errors import BenchError
+    from bench.grid.runner import Runner
+    from bench.grid.spec import Grid
     from bench.plugins import get_registry
     from bench.presets import get_preset
-    from bench.runs.grid import Grid
-    from bench.runs.runner import Runner
 
     registry = get_registry()
     grid = Grid(suite=registry.suite("amazon"), preset=get_preset("smoke"), methods=[registry.distiller("tinybert")],

@@ -49,9 +49,9 @@ def private_imports(path: Path) -> list[str]:
 def test_the_public_import_check_sees_internals_in_every_form(tmp_path):
     plugin = tmp_path / "plugin.py"
     plugin.write_text("from bench.api import Distiller\nfrom bench import hookspecs\nimport bench.losses\n"
-                      "from bench.runs.runner import Runner\nfrom bench import cache\nimport bench.training.loop\n")
+                      "from bench.grid.runner import Runner\nfrom bench import cache\nimport bench.training.loop\n")
     assert [line.rpartition(": ")[2] for line in private_imports(plugin)] == [
-        "bench.runs.runner", "bench.runs.runner.Runner", "bench.cache", "bench.training.loop"]
+        "bench.grid.runner", "bench.grid.runner.Runner", "bench.cache", "bench.training.loop"]
 
 
 @pytest.mark.parametrize("source", PLUGIN_SOURCES)
@@ -68,7 +68,7 @@ def test_the_host_modules_import_one_another_without_a_cycle():
         name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
         graph[name] = {m for _, m in imported_modules(path) if m.startswith("bench.") and m != name}
     graph = {name: imports & set(graph) for name, imports in graph.items()}  # modules, not the names they hold
-    assert len(graph) > 20 and "bench.runs.runner" in graph["bench.commands.run"]  # the graph was read
+    assert len(graph) > 20 and "bench.grid.runner" in graph["bench.commands.run"]  # the graph was read
 
     cycles, state = [], {}
 

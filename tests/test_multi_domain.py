@@ -11,9 +11,9 @@ from bench.api import Distiller
 from bench.cli import main
 from bench.data.batching import MultiDomainLoader, make_loader
 from bench.errors import BenchError
+from bench.grid.spec import Grid
 from bench.plugins import get_registry
 from bench.presets import get_preset
-from bench.runs.grid import Grid
 
 
 def rows(n: int, domain_id: int):
@@ -89,7 +89,7 @@ def test_multi_teacher_is_stored_once_with_a_checkpoint_per_domain(tmp_path, dat
 
 def test_multi_teacher_files_hold_each_domains_best_checkpoint(data_dir):
     from bench.api import DataConfig
-    from bench.runs.runner import Runner
+    from bench.grid.runner import Runner
 
     registry = get_registry()
     grid = Grid(suite=registry.suite("amazon"), preset=get_preset("smoke"), methods=[], domains=["books", "dvd"],
@@ -155,7 +155,7 @@ def test_a_grid_holds_only_the_teachers_of_the_job_it_runs(data_dir, tmp_path):
     """Each domain's teacher is let go when the grid moves on (reloaded from the store if needed
     again); each run records its own peak memory."""
     from bench.api import DataConfig
-    from bench.runs.runner import Runner
+    from bench.grid.runner import Runner
 
     registry = get_registry()
     grid = Grid(suite=registry.suite("amazon"), preset=get_preset("smoke"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.runs.profile import PHASES, PhaseTimer, TimedLoader
+from bench.grid.profile import PHASES, PhaseTimer, TimedLoader
 
 
 def profile(capsys, data_dir, tmp_path, *args):

@@ -18,13 +18,13 @@ import pytest
 from bench.api import DataConfig
 from bench.cli import main
 from bench.errors import BenchError
+from bench.grid.jobs import grid_jobs, parse_shard, shard_jobs
+from bench.grid.locks import FileLock
+from bench.grid.spec import Grid
+from bench.grid.workers import cores
 from bench.plugins import get_registry
 from bench.presets import get_preset
 from bench.results.records import SCHEMA_VERSION, iter_results, write_result
-from bench.runs.grid import Grid
-from bench.runs.jobs import grid_jobs, parse_shard, shard_jobs
-from bench.runs.locks import FileLock
-from bench.runs.workers import cores
 
 # A third party's plugin: three methods that are Hinton KD until they fail, one with a NaN loss part
 # from its 3rd step on, one with an exception in its loss (unless CRASH_OFF is set: then it is kd),
@@ -81,7 +81,7 @@ def bench_register_distillers(register):
 '''
 
 # `<method> on <suite>/<domain> seed <N>: accuracy <x> -> <path>`: the line of each result written
-WRITTEN = re.compile(r"INFO bench\.runs\.recording: (\S+) on (\S+)/(\S+) seed (\d+): accuracy \S+ -> ")
+WRITTEN = re.compile(r"INFO bench\.grid\.recording: (\S+) on (\S+)/(\S+) seed (\d+): accuracy \S+ -> ")
 TRAINING_TEACHER = re.compile(r"training teacher (\w+) ")
 
 
@@ -343,7 +343,7 @@ def test_a_file_lock_excludes_a_second_holder_until_released(tmp_path):
     first, second = FileLock(path), FileLock(path)
     assert first.acquire(blocking=False) and first.held and path.exists()
     assert second.acquire(blocking=False) is False and not second.held
-    other = [sys.executable, "-c", "import sys; from bench.runs.locks import FileLock; "
+    other = [sys.executable, "-c", "import sys; from bench.grid.locks import FileLock; "
              f"sys.exit(0 if FileLock({str(path)!r}).acquire(blocking=False) else 3)"]
     assert subprocess.run(other, timeout=60).returncode == 3  # nor another process
     with pytest.raises(RuntimeError, match="already locked by this object"):

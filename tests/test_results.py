@@ -4,9 +4,9 @@ import pytest
 from test_report import record  # one stored-result fixture for both files
 
 from bench.errors import BenchError
+from bench.grid.machine import cpu_model, machine_info
 from bench.results.records import RunKey, read_result, write_result
 from bench.results.report import to_frame
-from bench.runs.machine import cpu_model, machine_info
 
 
 def test_round_trip(tmp_path):

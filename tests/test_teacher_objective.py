@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 
 from bench.api import DataConfig
 from bench.cli import main
+from bench.grid.runner import Runner
+from bench.grid.spec import Grid
 from bench.plugins import get_registry
 from bench.presets import get_preset
-from bench.runs.grid import Grid
-from bench.runs.runner import Runner
 from bench.teachers.store import TeacherStore
 from bench.teachers.supply import joint_teacher_identity
 

@@ -491,8 +491,8 @@ def test_a_batchs_new_outputs_are_written_before_the_student_forward_and_first_r
     reads for the first time (tinybert's layers, on its first batch) when the next batch comes or
     when asked (after training)."""
     from bench.data.batching import make_loader
-    from bench.runs.grid import Grid
-    from bench.runs.runner import Runner
+    from bench.grid.runner import Runner
+    from bench.grid.spec import Grid
     from bench.teachers.store import StoredTeacher
     from bench.testing import STUDENT
 
@@ -547,8 +547,8 @@ def test_teachers_under_one_store_key_with_other_weights_get_other_caches(data_d
     key (after `teacher rm`, or with other floating-point results) must not read the other's outputs."""
     import copy
 
-    from bench.runs.grid import Grid
-    from bench.runs.runner import Runner
+    from bench.grid.runner import Runner
+    from bench.grid.spec import Grid
     from bench.teachers.store import StoredTeacher
 
     registry = get_registry()

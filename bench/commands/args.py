@@ -23,7 +23,7 @@ def train_ratio(text: str) -> float:
 
 
 def shard(text: str) -> tuple[int, int]:
-    from bench.runs.jobs import parse_shard
+    from bench.grid.jobs import parse_shard
 
     try:
         return parse_shard(text)

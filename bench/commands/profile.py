@@ -1,4 +1,4 @@
-"""`profile`: the phases of a method's distillation step timed (bench.runs.profile)."""
+"""`profile`: the phases of a method's distillation step timed (bench.grid.profile)."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def add_profile_parser(sub) -> None:
 
 
 def cmd_profile(args) -> int:
+    from bench.grid.profile import as_dict, profile
     from bench.plugins import get_registry
-    from bench.runs.profile import as_dict, profile
 
     registry = get_registry()
     suite = registry.suite(args.suite)

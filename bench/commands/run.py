@@ -11,8 +11,8 @@ from typing import Any
 
 from bench.commands.args import csv_list, seed_list, setting_args, shard, train_ratio, worker_count
 from bench.errors import BenchError
+from bench.grid.workers import cores, is_worker, run_workers
 from bench.results.records import DEFAULT_RESULTS_DIR
-from bench.runs.workers import cores, is_worker, run_workers
 
 log = logging.getLogger("bench")
 
@@ -96,7 +96,7 @@ def data_config(args, suite):
 
 def make_grid(args, registry, methods: Sequence[str]):
     """The grid a `run` or `teacher train` names, checked before anything trains."""
-    from bench.runs.grid import Grid
+    from bench.grid.spec import Grid
 
     suite = registry.suite(args.suite)
     distillers = [registry.distiller(m) for m in methods]
@@ -115,9 +115,9 @@ def make_grid(args, registry, methods: Sequence[str]):
 
 
 def cmd_run(args) -> int:
+    from bench.grid.failures import failed_error
+    from bench.grid.runner import Runner
     from bench.plugins import get_registry
-    from bench.runs.failures import failed_error
-    from bench.runs.runner import Runner
 
     registry = get_registry()
     grid = make_grid(args, registry, args.methods)

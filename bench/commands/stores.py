@@ -45,9 +45,9 @@ def add_cache_parser(sub) -> None:
 
 
 def cmd_teacher(args) -> int:
+    from bench.grid.runner import Runner
     from bench.plugins import get_registry
     from bench.results.render import render_rows
-    from bench.runs.runner import Runner
     from bench.teachers.store import TeacherStore
 
     store = TeacherStore()

@@ -19,11 +19,11 @@ from bench.api import Distiller, TeacherObjective
 from bench.data.batching import make_loader
 from bench.data.domains import DomainData
 from bench.errors import BenchError
+from bench.grid.locks import FileLock
+from bench.grid.spec import Grid, GridContext
 from bench.measure import measure_latency, param_counts
 from bench.models.classifier import build_classifier
 from bench.models.vocab import MappedTeacher
-from bench.runs.grid import Grid, GridContext
-from bench.runs.locks import FileLock
 from bench.teachers.outputs import CachedTeacher, TeacherOutputCache, cache_identity, rows_digest
 from bench.teachers.store import StoredTeacher, TeacherStore, get_or_train_teacher, teacher_key
 from bench.training.agreement import agree_on_failure

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import Distiller
+from bench.grid.spec import GridContext
 from bench.results.records import RunKey
-from bench.runs.grid import GridContext
 from bench.training.agreement import agree_on_failure, own_work
 from bench.training.checkpoint import Checkpoint, remove_folder
 from bench.training.loop import FitResult, Selection

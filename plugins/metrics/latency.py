@@ -2,7 +2,7 @@
 
 Latency: the preset's LatencyConfig (batch 1 and 32, sequence length 128 by default, a fixed
 CPU thread count, warm-up, at least 20 repeats; median and IQR). The teacher's figures come
-from the same process (see bench/runs/recording.py), so speed-up is a ratio of like measurements.
+from the same process (see bench/grid/recording.py), so speed-up is a ratio of like measurements.
 """
 
 from __future__ import annotations

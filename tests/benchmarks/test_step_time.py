@@ -51,10 +51,10 @@ def harness_kd(teacher, student):
     """`fit` over the harness's KD step (the kd plugin's loss, the runner's forwards, the training
     loop), built once: the returned function is what is timed."""
     from bench.api import DataConfig
+    from bench.grid.runner import Runner
+    from bench.grid.spec import Grid
     from bench.plugins import get_registry
     from bench.presets import get_preset
-    from bench.runs.grid import Grid
-    from bench.runs.runner import Runner
     from bench.teachers.store import StoredTeacher
 
     registry = get_registry()
@@ -137,9 +137,9 @@ def test_kd_step_overhead(benchmark):
 def test_method_step(benchmark, method, data_dir):
     """A step of each method on MNLI's real pairs (5 genres x 4 for the joint ones)."""
     from bench.api import DataConfig
+    from bench.grid.profile import profile
     from bench.plugins import Registry, make_plugin_manager
     from bench.presets import get_preset
-    from bench.runs.profile import profile
 
     # With the entry points the test run leaves out: hrkd is a package of its own (`make` installs it).
     registry = Registry.build(make_plugin_manager(load_entry_points=True))

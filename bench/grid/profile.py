@@ -24,10 +24,10 @@ import torch
 from bench.api import DataConfig, Distiller, SuiteSpec
 from bench.data.batching import batch_examples, make_loader
 from bench.errors import BenchError
+from bench.grid.machine import CPU_FLAGS, kernels
 from bench.models.classifier import build_classifier
 from bench.models.precision import with_precision
 from bench.presets import Preset
-from bench.runs.machine import CPU_FLAGS, kernels
 from bench.teachers.store import StoredTeacher
 from bench.training.loop import fit
 from bench.training.memory import peak_rss_mib
@@ -181,8 +181,8 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
     `epochs` passes (default: the preset's), the filling pass included."""
     import tempfile
 
-    from bench.runs.grid import Grid
-    from bench.runs.runner import Runner
+    from bench.grid.runner import Runner
+    from bench.grid.spec import Grid
 
     preset = preset.for_suite(suite.name)
     epochs = preset.student_train.epochs if epochs is None else epochs

@@ -26,16 +26,16 @@ from typing import Any
 
 from bench.api import Distiller, TeacherExtras, TeacherObjective
 from bench.errors import BenchError
+from bench.grid.failures import Failure, record_failure
+from bench.grid.jobs import Job, grid_jobs, shard_jobs
+from bench.grid.locks import FileLock
+from bench.grid.machine import machine_info
+from bench.grid.recording import Recorder
+from bench.grid.spec import Grid, GridContext
 from bench.models.classifier import build_classifier, load_config, misaligned_layers
 from bench.models.precision import check_native, with_precision
 from bench.plugins import Registry
 from bench.results.records import RunKey
-from bench.runs.failures import Failure, record_failure
-from bench.runs.grid import Grid, GridContext
-from bench.runs.jobs import Job, grid_jobs, shard_jobs
-from bench.runs.locks import FileLock
-from bench.runs.machine import machine_info
-from bench.runs.recording import Recorder
 from bench.teachers.store import StoredTeacher
 from bench.teachers.supply import TeacherSupply, joint_teacher_identity, teacher_identity
 from bench.training.agreement import agree_on_failure

@@ -3,7 +3,7 @@
 Small models leave a CPU's cores idle in one process (on 2 cores, one 2-thread process trains
 all-MiniLM-L6-v2 at 1.6 times the rate of a 1-thread one; two 1-thread processes at 2 times:
 docs/SETTINGS.md). The workers run the same `run` command and take the grid's jobs as two grids on
-one results dir always have (bench.runs.runner: a job or teacher another process holds is left to it), so
+one results dir always have (bench.grid.runner: a job or teacher another process holds is left to it), so
 each run and each teacher still trains once. Their output comes through this process, line by line,
 each line marked with its worker; a worker writes to a pipe, so it draws no progress bar.
 """

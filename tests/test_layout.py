@@ -85,3 +85,18 @@ def test_the_host_modules_import_one_another_without_a_cycle():
         if node not in state:
             visit(node, [node])
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_sub_packages_stand_in_layers():
+    """No two sub-packages of bench/ import each other (type-only imports aside): the parts of a
+    run never reach back up into what orchestrates them."""
+    packages = {p.name for p in (ROOT / "bench").iterdir() if (p / "__init__.py").is_file()}
+    uses: dict[tuple[str, str], list[str]] = {}
+    for path in sorted((ROOT / "bench").rglob("*.py")):
+        here = path.relative_to(ROOT / "bench").parts[0]
+        for line, module in imported_modules(path):
+            there = module.split(".")[1] if module.startswith("bench.") else None
+            if here in packages and there in packages and there != here:
+                uses.setdefault((here, there), []).append(f"{path.relative_to(ROOT)}:{line}: {module}")
+    both = [f"{a} <-> {b}: {uses[(a, b)][0]}; {uses[(b, a)][0]}" for a, b in uses if (b, a) in uses and a < b]
+    assert len(packages) >= 6 and not both, "sub-packages that import each other:\n" + "\n".join(both)

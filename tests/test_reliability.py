@@ -19,9 +19,9 @@ from bench.api import DataConfig
 from bench.cli import main
 from bench.errors import BenchError
 from bench.grid.jobs import grid_jobs, parse_shard, shard_jobs
-from bench.grid.locks import FileLock
 from bench.grid.spec import Grid
 from bench.grid.workers import cores
+from bench.locks import FileLock
 from bench.plugins import get_registry
 from bench.presets import get_preset
 from bench.results.records import SCHEMA_VERSION, iter_results, write_result
@@ -343,7 +343,7 @@ def test_a_file_lock_excludes_a_second_holder_until_released(tmp_path):
     first, second = FileLock(path), FileLock(path)
     assert first.acquire(blocking=False) and first.held and path.exists()
     assert second.acquire(blocking=False) is False and not second.held
-    other = [sys.executable, "-c", "import sys; from bench.grid.locks import FileLock; "
+    other = [sys.executable, "-c", "import sys; from bench.locks import FileLock; "
              f"sys.exit(0 if FileLock({str(path)!r}).acquire(blocking=False) else 3)"]
     assert subprocess.run(other, timeout=60).returncode == 3  # nor another process
     with pytest.raises(RuntimeError, match="already locked by this object"):

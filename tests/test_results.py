@@ -4,7 +4,7 @@ import pytest
 from test_report import record  # one stored-result fixture for both files
 
 from bench.errors import BenchError
-from bench.grid.machine import cpu_model, machine_info
+from bench.machine import cpu_model, machine_info
 from bench.results.records import RunKey, read_result, write_result
 from bench.results.report import to_frame
 

@@ -1,2 +1,2 @@
-"""Running a grid: what to run, its jobs, locks and worker processes, the runner that trains and
-records each run, failures, the machine a run records, and the step profiler."""
+"""Running a grid: what to run, its jobs and worker processes, the runner that trains and records
+each run, failures, and the step profiler."""

@@ -24,7 +24,7 @@ import torch
 from bench.api import DataConfig, Distiller, SuiteSpec
 from bench.data.batching import batch_examples, make_loader
 from bench.errors import BenchError
-from bench.grid.machine import CPU_FLAGS, kernels
+from bench.machine import CPU_FLAGS, kernels
 from bench.models.classifier import build_classifier
 from bench.models.precision import with_precision
 from bench.presets import Preset

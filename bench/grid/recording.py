@@ -12,13 +12,14 @@ from typing import Any
 from bench import __version__
 from bench.api import Distiller, EvalContext
 from bench.grid.failures import clear_failure
-from bench.grid.spec import GridContext, jsonable
+from bench.grid.spec import jsonable
 from bench.plugins import Registry, plugin_version
 from bench.results.convergence import convergence
 from bench.results.records import SCHEMA_VERSION, RunKey, git_state, now_utc, write_result
 from bench.results.significance import encode_labels
 from bench.teachers.store import StoredTeacher
 from bench.teachers.supply import TeacherSupply
+from bench.training.context import GridContext
 from bench.training.memory import peak_rss_mib
 from bench.training.trainer import Trained
 

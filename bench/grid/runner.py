@@ -28,10 +28,10 @@ from bench.api import Distiller, TeacherExtras, TeacherObjective
 from bench.errors import BenchError
 from bench.grid.failures import Failure, record_failure
 from bench.grid.jobs import Job, grid_jobs, shard_jobs
-from bench.grid.locks import FileLock
-from bench.grid.machine import machine_info
 from bench.grid.recording import Recorder
-from bench.grid.spec import Grid, GridContext
+from bench.grid.spec import Grid
+from bench.locks import FileLock
+from bench.machine import machine_info
 from bench.models.classifier import build_classifier, load_config, misaligned_layers
 from bench.models.precision import check_native, with_precision
 from bench.plugins import Registry
@@ -40,6 +40,7 @@ from bench.teachers.store import StoredTeacher
 from bench.teachers.supply import TeacherSupply, joint_teacher_identity, teacher_identity
 from bench.training.agreement import agree_on_failure
 from bench.training.checkpoint import Checkpoint, remove_folder
+from bench.training.context import GridContext
 from bench.training.loop import make_accelerator, untimed
 from bench.training.memory import release_free_heap, reset_peak_rss
 from bench.training.stages import Stages

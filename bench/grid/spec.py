@@ -1,25 +1,17 @@
-"""A grid of runs, and what every part of running it shares.
-
-`Grid` is what to run: every (method, domain, seed) of one suite under one preset, and the
-options that name its runs (`label`, `keys`). `GridContext` is what the parts that run it
-(teachers, training, stages, records) share: the accelerator, each domain's data (loaded and
-tokenised once), the student's tokenizer and the teacher's view of student batches.
-"""
+"""A grid of runs: every (method, domain, seed) of one suite under one preset, and the options
+that name its runs (`label`, `keys`). What the parts that run it share is a GridContext
+(bench/training/context.py)."""
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bench.api import STUDENT_KINDS, TEACHER_KINDS, DataConfig, Distiller, SuiteSpec
-from bench.data.domains import DomainData, load_domain
 from bench.errors import BenchError, unknown_name
-from bench.models.classifier import load_tokenizer
 from bench.models.precision import check_precision
-from bench.models.vocab import MappedTeacher, VocabMap, align
 from bench.presets import Preset
 from bench.results.records import RunKey
 from bench.teachers.outputs import MODES as CACHE_MODES
@@ -94,50 +86,6 @@ class Grid:
     def keys(self) -> list[tuple[RunKey, type[Distiller]]]:
         return [(RunKey(self.suite.name, self.preset.name, self.label(m), d, s, self.train_ratio), m)
                 for d in self.domains for m in self.methods for s in self.seeds]
-
-
-class GridContext:
-    """What the parts of a grid's run share. Data is tokenised by the student's tokenizer only: a
-    teacher of another vocabulary reads student batches through `teacher_view`."""
-
-    def __init__(self, grid: Grid, accelerator):
-        self.grid = grid
-        self.accelerator = accelerator
-        self._data: dict[str, DomainData] = {}
-
-    def data(self, domain: str) -> DomainData:
-        if domain not in self._data:
-            g = self.grid
-            self._data[domain] = load_domain(g.suite, domain, g.preset, g.data, g.train_ratio)
-        return self._data[domain]
-
-    @property
-    def main(self) -> bool:
-        """Whether this is the process that writes (results, checkpoints, the store, logs)."""
-        return self.accelerator.is_main_process
-
-    def agree(self, value: Any) -> Any:
-        """The main process's `value`, on every process (they must take the same decisions)."""
-        if self.accelerator.num_processes == 1:
-            return value
-        from accelerate.utils import broadcast_object_list
-
-        return broadcast_object_list([value], from_process=0)[0]
-
-    @functools.cached_property
-    def student_tokenizer(self):
-        return load_tokenizer(self.grid.preset.student.ref)
-
-    @functools.cached_property
-    def vocab_map(self) -> VocabMap | None:
-        """Student ids -> teacher ids when their vocabularies differ (data is tokenised once, by
-        the student's tokenizer); refuses teachers whose tokens cannot line up."""
-        vocab_map = align(load_tokenizer(self.grid.preset.teacher.ref), self.student_tokenizer)
-        return vocab_map.to(self.accelerator.device) if vocab_map else None
-
-    def teacher_view(self, model):
-        """The teacher as the harness calls it: on student batches."""
-        return MappedTeacher(model, self.vocab_map) if self.vocab_map else model
 
 
 def jsonable(value: Any) -> Any:

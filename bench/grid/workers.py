@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-WORKER = "BENCH_WORKER"  # set in a worker's environment: "K/N"
+from bench.machine import WORKER
 
 
 def is_worker() -> bool:

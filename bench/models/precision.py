@@ -21,7 +21,7 @@ import torch
 
 from bench.api import Batch, ModelOutputs
 from bench.errors import BenchError
-from bench.grid.machine import BF16_FLAGS, cpu_model
+from bench.machine import BF16_FLAGS, cpu_model
 
 PRECISIONS = ("fp32", "bf16")
 

@@ -19,7 +19,7 @@ import torch
 from bench.api import EvalContext
 from bench.data import files_suite as files
 from bench.errors import BenchError
-from bench.grid.machine import machine_info
+from bench.machine import machine_info
 from bench.measure import LatencyConfig, measure_latency
 from bench.models.classifier import ModelSpec, build_classifier
 from bench.results.records import git_state, now_utc, read_result, result_paths, write_result

@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,8 +19,7 @@ from bench.api import Distiller, TeacherObjective
 from bench.data.batching import make_loader
 from bench.data.domains import DomainData
 from bench.errors import BenchError
-from bench.grid.locks import FileLock
-from bench.grid.spec import Grid, GridContext
+from bench.locks import FileLock
 from bench.measure import measure_latency, param_counts
 from bench.models.classifier import build_classifier
 from bench.models.vocab import MappedTeacher
@@ -28,7 +27,11 @@ from bench.teachers.outputs import CachedTeacher, TeacherOutputCache, cache_iden
 from bench.teachers.store import StoredTeacher, TeacherStore, get_or_train_teacher, teacher_key
 from bench.training.agreement import agree_on_failure
 from bench.training.checkpoint import Checkpoint, remove_folder
+from bench.training.context import GridContext
 from bench.training.trainer import Trainer
+
+if TYPE_CHECKING:
+    from bench.grid.spec import Grid
 
 log = logging.getLogger(__name__)
 

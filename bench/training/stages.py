@@ -7,16 +7,18 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.api import Distiller
-from bench.grid.spec import GridContext
-from bench.results.records import RunKey
 from bench.training.agreement import agree_on_failure, own_work
 from bench.training.checkpoint import Checkpoint, remove_folder
+from bench.training.context import GridContext
 from bench.training.loop import FitResult, Selection
 from bench.training.tracking import CurveLog
 from bench.training.trainer import Trained
+
+if TYPE_CHECKING:
+    from bench.results.records import RunKey
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from bench.api import Distiller
-from bench.teachers.outputs import CachedTeacher
 from bench.training.loop import untimed
 
 
@@ -19,7 +18,8 @@ class StudentStep:
 
     def __init__(self, distiller: Distiller, student, views: dict[str, Any] | None, timer=untimed):
         self.distiller, self.student, self.views, self.timer = distiller, student, views, timer
-        self.cached = [v for v in views.values() if isinstance(v, CachedTeacher)] if views else []
+        # views that read through the teacher-output cache (bench.teachers.outputs) hold new outputs to write
+        self.cached = [v for v in views.values() if callable(getattr(v, "flush", None))] if views else []
 
     def flush_outputs(self) -> None:
         for view in self.cached:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 from bench.data.batching import MultiDomainLoader, make_loader
 from bench.data.domains import DomainData
-from bench.grid.spec import GridContext
 from bench.measure import accuracy
 from bench.presets import TrainConfig
 from bench.training.checkpoint import Checkpoint
+from bench.training.context import GridContext
 from bench.training.loop import FitResult, Selection, fit
 from bench.training.predict import predict
 from bench.training.tracking import CurveLog

@@ -12,8 +12,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from bench.grid.workers import WORKER
-
+WORKER = "BENCH_WORKER"  # set in a worker's environment by `run --jobs N`: "K/N"
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # either makes bf16 matrix products native
 

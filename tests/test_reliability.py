@@ -318,7 +318,7 @@ def test_jobs_share_one_grid_among_workers_and_report_once(data_dir, tmp_path):
     assert Counter((m, d) for line in written for m, _, d, _ in WRITTEN.findall(line)) == Counter(expected)
     assert all(re.match(r"\[[12]/2\] ", line) for line in written), written
     first = next(line for line in out.stderr.splitlines()
-                 if re.search(r"bench\.(runner|recording)", line) and " on amazon/" in line)
+                 if re.search(r"bench\.grid\.(runner|recording)", line) and " on amazon/" in line)
     assert "finetune-mtl on amazon/books+dvd" in first  # the longest job is taken first
     for m, d in expected:
         record = json.loads(result_path(results, m, d).read_text())

@@ -4,10 +4,10 @@ The grid's story reads top to bottom here: the jobs of this shard that have no r
 (`pending`), each taken under its lock (`run`), trained with its teachers (`run_one`: a
 per-domain student, one result; `run_joint`: a mix or multi student trained once on all the
 grid's domains, one result per domain, multi with each domain's own best-on-dev checkpoint) and
-recorded. The parts it calls own the rest: `grid` (what to run, and the context the parts
-share), `teacher_supply` (teachers from the store, trained there once; their output caches),
-`trainer` (fit, select on dev, test), `stages` (a student's stages with checkpoints and resume),
-`recording` (a run's result record).
+recorded. The parts it calls own the rest: grid/spec.py (what to run), training/context.py
+(what the parts share), teachers/supply.py (teachers from the store, trained there once; their
+output caches), training/trainer.py (fit, select on dev, test), training/stages.py (a student's
+stages with checkpoints and resume), grid/recording.py (a run's result record).
 
 With several processes, a run ends on every process at once, also when one raised in work that
 only it does (the main process's metrics and writes): each run (`Runner.attempt`), stage and

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 from bench.commands.args import csv_list, setting_args, train_ratio
 from bench.commands.run import make_grid
 from bench.errors import BenchError
-
-log = logging.getLogger("bench")
 
 
 def add_teacher_parser(sub) -> None:

@@ -49,10 +49,10 @@ from bench.training.trainer import Trained, Trainer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Grid", "Runner"]
-
 
 class Runner:
+    """A grid's run on this process (one of several under `accelerate launch`)."""
+
     def __init__(self, grid: Grid, registry: Registry):
         self.grid = grid
         self.registry = registry

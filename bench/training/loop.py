@@ -237,7 +237,7 @@ class FitLoop:
         self.history: list[dict[str, Any]] = []
         self.step = self.examples = self.epoch = self.epoch_step = 0
         self.wall_before = 0.0  # training time spent before a resume
-        self.start = time.perf_counter()
+        self.start = 0.0  # when run() starts: a resume between does not count as training time
 
     def resume(self, checkpoint: Checkpoint) -> None:
         """Continue from `checkpoint` where it holds a saved training (else start afresh)."""

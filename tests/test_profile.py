@@ -89,3 +89,22 @@ def test_a_bf16_teacher_is_compared_with_the_fp32_one(capsys, data_dir, tmp_path
     assert 0.0 <= a["argmax_agreement"] <= 1.0 and a["loss_fp32"] > 0 and a["loss_bf16"] > 0
     assert a["loss_relative_difference"] == pytest.approx(abs(a["loss_bf16"] - a["loss_fp32"]) / a["loss_fp32"])
     assert "bf16 teacher against fp32 on 32 rows: argmax agreement" in text
+
+
+def test_the_operators_of_a_bf16_students_steps_are_listed(capsys, data_dir, tmp_path, fake_cpu):
+    fake_cpu("avx2", "avx512f", "avx512_bf16")  # so that the test runs on any CPU, if slowly
+    code, text, figures = profile(capsys, data_dir, tmp_path, "--method", "kd", "--domains", "books",
+                                  "--batch-per-domain", "4", "--student-precision", "bf16", "--ops", "5")
+    assert code == 0
+    assert figures["student_precision"] == "bf16" and f"student {figures['student']} (bf16)" in text
+    ops = figures["ops"]
+    assert len(ops) == 5 and all(o["op"] and o["ms_per_step"] > 0 and o["calls_per_step"] > 0 for o in ops)
+    assert [o["ms_per_step"] for o in ops] == sorted((o["ms_per_step"] for o in ops), reverse=True)
+    assert 0 < sum(o["share"] for o in ops) <= 1
+    assert "operators by self time" in text and ops[0]["op"][:40] in text
+    assert any(o["op"] == "aten::_fused_adamw_" or "mm" in o["op"] for o in ops)  # a real step's work
+
+
+def test_a_negative_operator_count_is_refused(capsys, data_dir, tmp_path):
+    code, text, _ = profile(capsys, data_dir, tmp_path, "--method", "kd", "--ops", "-1")
+    assert code == 2 and "--ops >= 0" in text

@@ -26,6 +26,8 @@ def add_profile_parser(sub) -> None:
     prof.add_argument("--skip-bad-rows", action="store_true")
     prof.add_argument("--teacher-precision", default="fp32", choices=["fp32", "bf16"],
                       help="bf16: also measure the teacher's argmax agreement and loss against fp32")
+    prof.add_argument("--student-precision", default="fp32", choices=["fp32", "bf16"],
+                      help="bf16: the student's forward under bf16 autocast (run --student-precision)")
     prof.add_argument("--length-buckets", type=int, default=None, metavar="N",
                       help="batches per length-sorted chunk (0: plain shuffling); default: the preset's")
     prof.add_argument("--teacher-cache", action="store_true",
@@ -33,6 +35,9 @@ def add_profile_parser(sub) -> None:
     prof.add_argument("--epochs", type=int, default=None,
                       help="with --teacher-cache: rate the steps over this many passes, the filling one included "
                            "(default: the preset's student epochs)")
+    prof.add_argument("--ops", type=int, default=0, metavar="N",
+                      help="then run the steps once more under torch's profiler and list the N operators that took "
+                           "most of their time")
     prof.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
 
 
@@ -48,8 +53,9 @@ def cmd_profile(args) -> int:
     suite.check_domains(domains)
     result = profile(registry, method, suite, preset, data_config(args, suite),
                      domains, args.batch_per_domain, args.max_len or preset.max_len, args.steps, args.warmup,
-                     teacher_precision=args.teacher_precision, length_buckets=args.length_buckets,
-                     teacher_cache=args.teacher_cache, epochs=args.epochs)
+                     teacher_precision=args.teacher_precision, student_precision=args.student_precision,
+                     length_buckets=args.length_buckets,
+                     teacher_cache=args.teacher_cache, epochs=args.epochs, ops=args.ops)
     print("\n".join(result.lines()))
     if args.json:
         Path(args.json).write_text(json.dumps(as_dict(result), indent=2) + "\n")

@@ -43,6 +43,9 @@ def add_run_parser(sub) -> None:
                           "latencies come after all of them, timed in one sitting")
     run.add_argument("--teacher-precision", default="fp32", choices=["fp32", "bf16"],
                      help="the teacher's forwards while distilling; bf16 runs are stored apart (kd@bf16)")
+    run.add_argument("--student-precision", default="fp32", choices=["fp32", "bf16"],
+                     help="the student's training forwards (bf16 autocast; loss, weights, optimizer and evaluation "
+                          "stay fp32); bf16 runs are stored apart (kd@student-bf16)")
     run.add_argument("--teacher-cache", default="use", choices=["off", "use", "refresh"],
                      help="keep each training row's teacher outputs on disk, reused by later epochs, seeds and "
                           "methods (default use; refresh: recompute them; see `cache ls`)")
@@ -110,6 +113,7 @@ def make_grid(args, registry, methods: Sequence[str]):
                 overwrite=getattr(args, "overwrite", False), resume=getattr(args, "resume", False),
                 checkpoint_every=getattr(args, "checkpoint_every", 100), shard=getattr(args, "shard", (1, 1)),
                 teacher_precision=getattr(args, "teacher_precision", "fp32"),
+                student_precision=getattr(args, "student_precision", "fp32"),
                 teacher_cache=getattr(args, "teacher_cache", "use"), log_with=tuple(getattr(args, "log_with", ())),
                 method_options=parse_options(getattr(args, "options", []), methods))
 

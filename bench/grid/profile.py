@@ -65,12 +65,43 @@ class PhaseTimer:
             self.seconds[phase] += self.ended - begin
 
 
-class TimedLoader:
-    """A training loader whose fetches are the `data` phase; the timer starts counting once
-    `warmup` batches have been taken, and the examples of the counted batches are summed."""
+class OpTimes:
+    """torch's profiler over the counted steps: the operators that took the most of their time
+    (`--ops N`), by self time (time in the operator, not in those it calls)."""
 
-    def __init__(self, loader, timer: PhaseTimer, warmup: int):
-        self.loader, self.timer, self.warmup = loader, timer, warmup
+    def __init__(self, device: torch.device):
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        self.profiler = profile(activities=activities)
+        self.running = False
+
+    def start(self) -> None:
+        if not self.running:
+            self.profiler.start()
+            self.running = True
+
+    def stop(self) -> None:
+        if self.running:
+            self.profiler.stop()
+            self.running = False
+
+    def top(self, count: int, steps: int) -> list[dict[str, Any]]:
+        """The `count` operators with the most self time: milliseconds a step, share of all (CPU)."""
+        events = [e for e in self.profiler.key_averages() if e.self_cpu_time_total > 0]
+        total = sum(e.self_cpu_time_total for e in events) or 1.0
+        events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+        return [{"op": e.key, "calls_per_step": e.count / steps, "ms_per_step": e.self_cpu_time_total / 1000 / steps,
+                 "share": e.self_cpu_time_total / total} for e in events[:count]]
+
+
+class TimedLoader:
+    """A training loader whose fetches are the `data` phase; the timer (and `ops`, if given)
+    starts counting once `warmup` batches have been taken, and the examples of the counted
+    batches are summed."""
+
+    def __init__(self, loader, timer: PhaseTimer, warmup: int, ops: OpTimes | None = None):
+        self.loader, self.timer, self.warmup, self.ops = loader, timer, warmup, ops
         self.taken = self.examples = self.tokens = 0  # tokens: padded positions fed to the models
 
     def __len__(self) -> int:
@@ -81,6 +112,8 @@ class TimedLoader:
         while True:
             if self.taken == self.warmup:
                 self.timer.start()
+                if self.ops is not None:
+                    self.ops.start()
             with self.timer("data"):
                 batch = next(batches, None)
             if batch is None:
@@ -109,6 +142,7 @@ class Profile:
     device: str
     threads: int
     teacher_precision: str = "fp32"
+    student_precision: str = "fp32"
     agreement: dict[str, Any] | None = None  # a reduced-precision teacher against the fp32 one
     length_buckets: int = 0
     padded_tokens_per_example: float = 0.0
@@ -119,6 +153,10 @@ class Profile:
     cached_phases: dict[str, float] | None = None
     epochs: int = 1
     machine: dict[str, Any] = dataclasses.field(default_factory=dict)  # CPU model and flags, torch's kernels
+    # With --ops N: the operators that took most of the counted steps' time in a pass of their own
+    # under torch's profiler (teacher outputs from the cache, with it), by self time: op,
+    # calls_per_step, ms_per_step, share
+    ops: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def examples_per_second(self) -> float:
@@ -131,7 +169,8 @@ class Profile:
         ms = 1000 / max(self.steps, 1)
         other = max(self.wall_seconds - sum(self.phases.values()), 0.0)
         teacher = self.teacher + (f" ({self.teacher_precision})" if self.teacher_precision != "fp32" else "")
-        out = [f"{self.method} on {self.suite}: teacher {teacher}, student {self.student}, "
+        student = self.student + (f" ({self.student_precision})" if self.student_precision != "fp32" else "")
+        out = [f"{self.method} on {self.suite}: teacher {teacher}, student {student}, "
                f"batch {self.batch}, max length {self.max_len}, {self.device} ({self.threads} threads)",
                f"{self.steps} steps timed, {self.examples} examples, {self.wall_seconds:.2f} s; "
                f"{self.padded_tokens_per_example:.1f} padded tokens per example "
@@ -151,6 +190,12 @@ class Profile:
             out.append(f"filling pass {self.examples / self.wall_seconds:.2f} examples/s, cached passes "
                        f"{self.examples / self.cached_wall_seconds:.2f}; below: over {self.epochs} epochs, "
                        "the filling one included")
+        if self.ops:
+            out.append("operators by self time, the same steps again under torch's profiler"
+                       + (" (teacher outputs from the cache):" if self.cached_wall_seconds is not None else ":"))
+            out.append(f"{'operator':<40} {'calls/step':>10} {'ms/step':>9} {'share':>6}")
+            out += [f"{o['op'][:40]:<40} {o['calls_per_step']:>10.1f} {o['ms_per_step']:>9.1f} {o['share']:>6.1%}"
+                    for o in self.ops]
         if self.agreement:
             a = self.agreement
             p = a["precision"]
@@ -174,11 +219,14 @@ class Profile:
 def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset, data: DataConfig,
             domains: list[str], batch_per_domain: int,
             max_len: int, steps: int, warmup: int = 2, seed: int = 1, teacher_precision: str = "fp32",
-            agreement_batches: int = 8, length_buckets: int | None = None, teacher_cache: bool = False,
-            epochs: int | None = None) -> Profile:
+            student_precision: str = "fp32", agreement_batches: int = 8, length_buckets: int | None = None,
+            teacher_cache: bool = False,
+            epochs: int | None = None, ops: int = 0) -> Profile:
     """Time `steps` steps after `warmup`. `teacher_cache`: time them a second time, the teacher's
     outputs then read from the cache the first pass filled (a throwaway one), and rate them over
-    `epochs` passes (default: the preset's), the filling pass included."""
+    `epochs` passes (default: the preset's), the filling pass included. `ops`: then run the same
+    steps once more under torch's profiler (which slows what it watches, so in a pass of its own)
+    and list that many operators by self time."""
     import tempfile
 
     from bench.grid.runner import Runner
@@ -186,12 +234,12 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
 
     preset = preset.for_suite(suite.name)
     epochs = preset.student_train.epochs if epochs is None else epochs
-    if steps < 1 or warmup < 0 or batch_per_domain < 1 or (length_buckets or 0) < 0 or epochs < 1:
+    if steps < 1 or warmup < 0 or batch_per_domain < 1 or (length_buckets or 0) < 0 or epochs < 1 or ops < 0:
         raise BenchError(f"cannot profile {steps} steps after {warmup} warm-up steps of batch {batch_per_domain}"
                          + (f" with {length_buckets} length buckets" if length_buckets is not None else "")
-                         + f" over {epochs} epochs",
-                         "give --steps >= 1, --warmup >= 0, --batch-per-domain >= 1, --length-buckets >= 0 "
-                         "and --epochs >= 1")
+                         + f" over {epochs} epochs" + (f", listing {ops} operators" if ops < 0 else ""),
+                         "give --steps >= 1, --warmup >= 0, --batch-per-domain >= 1, --length-buckets >= 0, "
+                         "--epochs >= 1 and --ops >= 0")
     train = dataclasses.replace(preset.student_train, batch_size=batch_per_domain, max_steps=warmup + steps,
                                 eval_every=10**9, epochs=10**6)
     if length_buckets is None:
@@ -199,6 +247,7 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
     preset = dataclasses.replace(preset, max_len=max_len, student_train=train)
     grid = Grid(suite=suite, preset=preset, methods=[method], domains=domains, seeds=[seed], data=data,
                 results_dir="unused", checkpoint_every=0, teacher_precision=teacher_precision,
+                student_precision=student_precision,
                 teacher_cache="use" if teacher_cache else "off")
     runner = Runner(grid, registry)
     # its teacher may be random: never reuse its outputs, never leave them behind
@@ -223,7 +272,7 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
     timer = PhaseTimer(device)
     compute_loss = runner.student_forward(distiller, student_model, teachers, timer=timer)
     loader = _train_loader(runner, kind, domains[0], batch_per_domain, seed, length_buckets)
-    if teacher_cache:  # both passes take the same batches
+    if teacher_cache or ops:  # every pass takes the same batches
         loader = list(itertools.islice(iter(loader), warmup + steps))
     timed = TimedLoader(loader, timer, warmup)
     if device.type == "cuda":
@@ -239,6 +288,12 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
             runner.accelerator, extra_modules=extra, desc=f"profile {method.name} (cached)", select_best=False,
             timer=timer)
         cached_wall, cached_phases = timer.ended - timer.started, dict(timer.seconds)
+    op_times = OpTimes(device) if ops else None
+    if op_times is not None:
+        fit(student_model, TimedLoader(loader, timer, warmup, op_times), lambda b: compute_loss(b, stage),
+            lambda: 0.0, train, runner.accelerator, extra_modules=extra, desc=f"profile {method.name} (operators)",
+            select_best=False, timer=timer)
+        op_times.stop()
     compute_loss.flush_outputs()
     if scratch is not None:
         scratch.cleanup()
@@ -252,10 +307,11 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
                    student=preset.student.describe(), batch=_batch(kind, len(domains), batch_per_domain),
                    max_len=max_len, steps=steps, examples=timed.examples, wall_seconds=first_wall,
                    phases=first_phases, peak_memory_mb=peak, device=device.type,
-                   threads=torch.get_num_threads(), teacher_precision=teacher_precision, agreement=agreement,
+                   threads=torch.get_num_threads(), teacher_precision=teacher_precision,
+                   student_precision=student_precision, agreement=agreement,
                    length_buckets=length_buckets, padded_tokens_per_example=timed.tokens / max(timed.examples, 1),
                    cached_wall_seconds=cached_wall, cached_phases=cached_phases, epochs=epochs if teacher_cache else 1,
-                   machine={**runner.machine, **kernels()})
+                   machine={**runner.machine, **kernels()}, ops=op_times.top(ops, steps) if op_times else [])
 
 
 def _train_loader(runner, kind: str, domain: str, batch_per_domain: int, seed: int, length_buckets: int):

@@ -58,6 +58,7 @@ class Runner:
         self.registry = registry
         self.accelerator = make_accelerator()
         check_native(grid.teacher_precision, self.accelerator.device)
+        check_native(grid.student_precision, self.accelerator.device, option="--student-precision")
         processes = self.accelerator.num_processes
         for what, config in (("teacher", grid.preset.teacher_train), ("student", grid.preset.student_train)):
             if config.batch_size % processes:
@@ -274,7 +275,7 @@ class Runner:
         if views and self.grid.teacher_cache != "off" and (needs <= {"logits"} or not distiller.reads_teacher_padding):
             views = {d: self.teachers.cached_view(view, teachers, d if distiller.student_kind != "mix" else None)
                      for d, view in views.items()}
-        return StudentStep(distiller, student, views, timer)
+        return StudentStep(distiller, student, views, timer, self.grid.student_precision)
 
     def run_one(self, key: RunKey, distiller: Distiller, teacher: StoredTeacher | None) -> dict[str, Any]:
         from accelerate.utils import set_seed

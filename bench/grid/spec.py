@@ -34,12 +34,14 @@ class Grid:
     resume: bool = False  # continue killed runs from their checkpoints (else those are discarded)
     shard: tuple[int, int] = (1, 1)  # (K, N): this job runs the K-th of N parts of the grid
     teacher_precision: str = "fp32"  # of the teacher's forwards while distilling (bench.models.precision)
+    student_precision: str = "fp32"  # of the student's training forwards (bench.models.precision)
     teacher_cache: str = "use"  # off, use or refresh the teacher-output cache (bench.teachers.outputs)
     log_with: tuple[str, ...] = ()  # experiment trackers of the students' curves (bench.training.tracking)
 
     def __post_init__(self):
         self.preset = self.preset.for_suite(self.suite.name)
         check_precision(self.teacher_precision)
+        check_precision(self.student_precision, "student")
         check_trackers(self.log_with)
         if self.teacher_cache not in CACHE_MODES:
             raise unknown_name("teacher cache mode", self.teacher_cache, CACHE_MODES)
@@ -71,7 +73,8 @@ class Grid:
         """How results name a method: `kd`, or with the options that differ from its defaults,
         `kd[temperature=4.0]`, so runs with other options are other runs, stored and reported
         apart. Values are the checked ones (4 and 4.0 are one run; a default given is no option).
-        A method distilled from a bf16 teacher is `kd@bf16`."""
+        A method distilled from a bf16 teacher is `kd@bf16`, a student trained under bf16 autocast
+        `kd@student-bf16` (both: `kd@bf16@student-bf16`)."""
         label = method.name
         given = self.method_options.get(method.name)
         if given:
@@ -81,6 +84,8 @@ class Grid:
                 label += f"[{','.join(f'{k}={json.dumps(jsonable(v))}' for k, v in changed.items())}]"
         if self.teacher_precision != "fp32" and self.distiller(method).teacher_kind:
             label += f"@{self.teacher_precision}"
+        if self.student_precision != "fp32":
+            label += f"@student-{self.student_precision}"
         return label
 
     def keys(self) -> list[tuple[RunKey, type[Distiller]]]:

@@ -1,5 +1,6 @@
 """A student's training step as the runner builds it: the teacher's outputs (read through the
-teacher-output cache where the method allows), the student's, then the method's loss."""
+teacher-output cache where the method allows), the student's (under bf16 autocast when asked),
+then the method's loss."""
 
 from __future__ import annotations
 
@@ -8,16 +9,21 @@ from typing import Any
 import torch
 
 from bench.api import Distiller
+from bench.models.precision import as_fp32, autocast
 from bench.training.loop import untimed
 
 
 class StudentStep:
     """One step's loss, `step(batch, stage)`: the teacher's outputs (`views`, one per domain, or
     None without a teacher), the student's, then the method's loss. `flush_outputs()` writes the
-    teacher outputs the last batch read for the first time (call it after training)."""
+    teacher outputs the last batch read for the first time (call it after training).
+    `precision` "bf16": the student's forward under bf16 autocast, its outputs handed to the loss
+    in fp32 (bench.models.precision)."""
 
-    def __init__(self, distiller: Distiller, student, views: dict[str, Any] | None, timer=untimed):
+    def __init__(self, distiller: Distiller, student, views: dict[str, Any] | None, timer=untimed,
+                 precision: str = "fp32"):
         self.distiller, self.student, self.views, self.timer = distiller, student, views, timer
+        self.precision = precision
         # views that read through the teacher-output cache (bench.teachers.outputs) hold new outputs to write
         self.cached = [v for v in views.values() if callable(getattr(v, "flush", None))] if views else []
 
@@ -40,8 +46,14 @@ class StudentStep:
                                else next(iter(self.views.values()))(batch, needs))  # its domain's, or mix
                 self.flush_outputs()
         with timer("student"):
-            student_out = ({d: self.student(b, needs) for d, b in batch.items()} if joint
-                           else self.student(batch, needs))
+            student_out = ({d: self.forward(b) for d, b in batch.items()} if joint else self.forward(batch))
         with timer("loss"):
             return (distiller.multi_domain_loss(batch, student_out, teacher_out, stage) if joint
                     else distiller.loss(batch, student_out, teacher_out, stage))
+
+    def forward(self, batch):
+        if self.precision == "fp32":
+            return self.student(batch, self.distiller.needs)
+        with autocast(self.precision, batch.input_ids.device.type):
+            out = self.student(batch, self.distiller.needs)
+        return as_fp32(out)

@@ -5,7 +5,6 @@ Every command resolves it the same way: `--data-dir`, else `$BENCH_DATA_DIR`, el
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
@@ -14,8 +13,6 @@ from pathlib import Path
 
 from bench.api import DataConfig, SuiteSpec
 from bench.errors import BenchError
-
-log = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = "data"
 # This project's machines keep a read-only copy beside the checkout.

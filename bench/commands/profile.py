@@ -54,8 +54,8 @@ def cmd_profile(args) -> int:
     result = profile(registry, method, suite, preset, data_config(args, suite),
                      domains, args.batch_per_domain, args.max_len or preset.max_len, args.steps, args.warmup,
                      teacher_precision=args.teacher_precision, student_precision=args.student_precision,
-                     length_buckets=args.length_buckets,
-                     teacher_cache=args.teacher_cache, epochs=args.epochs, ops=args.ops)
+                     length_buckets=args.length_buckets, teacher_cache=args.teacher_cache, epochs=args.epochs,
+                     ops=args.ops)
     print("\n".join(result.lines()))
     if args.json:
         Path(args.json).write_text(json.dumps(as_dict(result), indent=2) + "\n")

@@ -220,8 +220,7 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
             domains: list[str], batch_per_domain: int,
             max_len: int, steps: int, warmup: int = 2, seed: int = 1, teacher_precision: str = "fp32",
             student_precision: str = "fp32", agreement_batches: int = 8, length_buckets: int | None = None,
-            teacher_cache: bool = False,
-            epochs: int | None = None, ops: int = 0) -> Profile:
+            teacher_cache: bool = False, epochs: int | None = None, ops: int = 0) -> Profile:
     """Time `steps` steps after `warmup`. `teacher_cache`: time them a second time, the teacher's
     outputs then read from the cache the first pass filled (a throwaway one), and rate them over
     `epochs` passes (default: the preset's), the filling pass included. `ops`: then run the same

@@ -328,6 +328,46 @@ def test_jobs_share_one_grid_among_workers_and_report_once(data_dir, tmp_path):
     assert out.stdout.count("### amazon (smoke preset)") == 1 and not re.search(r"^\[\d/2\]", out.stdout, re.M)
 
 
+def test_a_job_whose_teacher_another_process_trains_is_left_for_after_the_jobs_that_can_run(data_dir, tmp_path,
+                                                                                            caplog):
+    """books' teacher is being trained elsewhere (its lock held, here by the test): the grid does
+    dvd first (training dvd's teacher) instead of waiting, then comes back to books, which waits
+    for the lock and, the teacher not stored, trains it."""
+    import threading
+
+    from bench.grid.runner import Runner
+    from bench.teachers.supply import teacher_identity
+
+    registry = get_registry()
+    results = tmp_path / "results"
+    grid = Grid(suite=registry.suite("amazon"), preset=get_preset("smoke"), methods=[registry.distiller("kd")],
+                domains=["books", "dvd"], seeds=[1], data=DataConfig(str(data_dir)), results_dir=str(results))
+    runner = Runner(grid, registry)
+    supply = runner.teachers
+    held = supply._lock(supply.with_input_vocab(teacher_identity(grid, "books", runner.ctx.data("books"))))
+    assert held.acquire(blocking=False)
+    assert supply.training_elsewhere("single", ["books"]) and not supply.training_elsewhere("single", ["dvd"])
+    assert not runner.teacher_elsewhere(grid_jobs(grid)[1]) and runner.teacher_elsewhere(grid_jobs(grid)[0])
+    caplog.set_level(logging.INFO, logger="bench")
+    grid_thread = threading.Thread(target=runner.run)
+    try:
+        grid_thread.start()
+        deadline = time.monotonic() + 300
+        while not result_path(results, "kd", "dvd").exists() and grid_thread.is_alive() \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert result_path(results, "kd", "dvd").exists() and not result_path(results, "kd", "books").exists()
+    finally:
+        held.release()
+        grid_thread.join(timeout=300)
+    assert not grid_thread.is_alive()
+    assert result_files(results) == {"amazon/smoke/kd/books/seed1.json", "amazon/smoke/kd/dvd/seed1.json"}
+    assert "kd on amazon/books seed 1: another process is training its teacher: coming back to it at the end" \
+        in caplog.text
+    assert len(TRAINING_TEACHER.findall(caplog.text)) == 2  # dvd's, then books' (none was stored elsewhere)
+    assert not supply.training_elsewhere("single", ["books", "dvd"])  # stored now
+
+
 def test_a_failing_worker_fails_the_run_and_the_others_go_on(plugin_root, data_dir, tmp_path):
     results = tmp_path / "results"
     env = bench_env(data_dir, tmp_path / "cache", plugin_root)

@@ -111,8 +111,9 @@ class Runner:
 
     def run(self) -> list[Path]:
         """Every pending job of this shard. A job another process holds (a second grid on the same
-        results dir) is left to it and looked at again at the end; a job that fails is recorded
-        under `.failed/` (`self.failures`) and the others go on."""
+        results dir), or whose teacher another process is training, is looked at again at the end,
+        after the jobs this process can do now; a job that fails is recorded under `.failed/`
+        (`self.failures`) and the others go on."""
         todo = self.pending()
         if not todo:
             return []
@@ -136,6 +137,11 @@ class Runner:
             try:
                 if done_elsewhere(job):
                     log.info("%s was finished by another process", job.describe())
+                    continue
+                if self.ctx.agree(self.teacher_elsewhere(job) if self.main else None):
+                    log.info("%s: another process is training its teacher: coming back to it at the end",
+                             job.describe())
+                    deferred.append(job)
                     continue
                 written += self.attempt(job)
             finally:
@@ -178,6 +184,15 @@ class Runner:
         if self.main:
             remove_folder(self.stages.checkpoint_folder(job.key))
         return written
+
+    def teacher_elsewhere(self, job: Job) -> bool:
+        """Whether another process is training a teacher `job` needs (with several workers, each
+        waiting for the other's teacher would leave a core idle for the length of a training)."""
+        distiller = self.grid.distiller(job.method)
+        if not distiller.teacher_kind:
+            return False
+        domains = list(self.grid.domains) if job.joint else [job.key.domain]
+        return self.teachers.training_elsewhere(distiller.teacher_kind, domains, distiller.teacher_objective())
 
     def teacher_for(self, job: Job) -> StoredTeacher | None:
         distiller = self.grid.distiller(job.method)

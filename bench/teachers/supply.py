@@ -104,6 +104,28 @@ class TeacherSupply:
             raise
         return {d: self.loaded[(kind, tag, d)] for d in domains}
 
+    def training_elsewhere(self, kind: str, domains: Sequence[str], objective: TeacherObjective | None = None) -> bool:
+        """Whether a teacher of `kind` on `domains` that is neither loaded nor stored is being
+        trained by another process now (its lock is held): a grid takes other jobs rather than wait."""
+        tag = json.dumps(objective_identity(objective), sort_keys=True)
+        if all((kind, tag, d) in self.loaded for d in domains):
+            return False
+        grid = self.ctx.grid
+        identities = ([teacher_identity(grid, d, self.ctx.data(d), objective) for d in domains] if kind == "single"
+                      else [joint_teacher_identity(grid, kind, {d: self.ctx.data(d) for d in grid.domains}, objective)])
+        for identity in map(self.with_input_vocab, identities):
+            if self.stored_key(identity)[1]:
+                continue
+            lock = self._lock(identity)
+            if not lock.acquire(blocking=False):
+                return True
+            lock.release()
+        return False
+
+    def _lock(self, identity: dict[str, Any]) -> FileLock:
+        """The lock of one teacher's training: one process trains a given teacher at a time."""
+        return FileLock(self.store.root / ".locks" / f"{teacher_key(identity)}.lock")
+
     def keep_only(self, distiller: Distiller, domains: Sequence[str]) -> None:
         """Drop the loaded teachers that `distiller` on `domains` does not use. Otherwise a grid holds
         every teacher it met (each domain's, the joint ones, the meta-teacher) to its end; the store
@@ -145,7 +167,7 @@ class TeacherSupply:
         identity = self.with_input_vocab(identity)
         folder = self.store.root / ".partial" / teacher_key(identity)
         # One process trains a given teacher at a time: another grid that needs it waits, then reuses it.
-        lock = FileLock(self.store.root / ".locks" / f"{teacher_key(identity)}.lock")
+        lock = self._lock(identity)
         if ctx.main and not lock.acquire(blocking=False):
             log.info("teacher %s is being trained by another process: waiting for it", teacher_key(identity))
             lock.acquire()

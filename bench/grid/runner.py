@@ -37,7 +37,7 @@ from bench.models.precision import check_native, with_precision
 from bench.plugins import Registry
 from bench.results.records import RunKey
 from bench.teachers.store import StoredTeacher
-from bench.teachers.supply import TeacherSupply, joint_teacher_identity, teacher_identity
+from bench.teachers.supply import TeacherSupply
 from bench.training.agreement import agree_on_failure
 from bench.training.checkpoint import Checkpoint, remove_folder
 from bench.training.context import GridContext
@@ -215,11 +215,7 @@ class Runner:
 
         def plan_teacher(kind: str, domains: list[str], objective: TeacherObjective | None) -> None:
             nonlocal total
-            if kind == "single":
-                identity = teacher_identity(g, domains[0], self.ctx.data(domains[0]), objective)
-            else:
-                identity = joint_teacher_identity(g, kind, {d: self.ctx.data(d) for d in g.domains}, objective)
-            key, stored = self.teachers.stored_key(identity)
+            key, stored = self.teachers.stored_key(self.teachers.identity(kind, domains[0], objective))
             if key in planned_teachers:
                 return
             planned_teachers.add(key)

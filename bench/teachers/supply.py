@@ -110,9 +110,7 @@ class TeacherSupply:
         tag = json.dumps(objective_identity(objective), sort_keys=True)
         if all((kind, tag, d) in self.loaded for d in domains):
             return False
-        grid = self.ctx.grid
-        identities = ([teacher_identity(grid, d, self.ctx.data(d), objective) for d in domains] if kind == "single"
-                      else [joint_teacher_identity(grid, kind, {d: self.ctx.data(d) for d in grid.domains}, objective)])
+        identities = [self.identity(kind, d, objective) for d in (domains if kind == "single" else domains[:1])]
         for identity in map(self.with_input_vocab, identities):
             if self.stored_key(identity)[1]:
                 continue
@@ -121,6 +119,14 @@ class TeacherSupply:
                 return True
             lock.release()
         return False
+
+    def identity(self, kind: str, domain: str, objective: TeacherObjective | None = None) -> dict[str, Any]:
+        """The identity of the `kind` teacher that `domain`'s runs use: that domain's own (single),
+        or the one trained on all the grid's domains (mix, multi)."""
+        grid = self.ctx.grid
+        if kind == "single":
+            return teacher_identity(grid, domain, self.ctx.data(domain), objective)
+        return joint_teacher_identity(grid, kind, {d: self.ctx.data(d) for d in grid.domains}, objective)
 
     def _lock(self, identity: dict[str, Any]) -> FileLock:
         """The lock of one teacher's training: one process trains a given teacher at a time."""
@@ -238,13 +244,12 @@ class TeacherSupply:
                     "steps": trained.fit.steps, "selected_step": trained.selection.step,
                     "history": trained.fit.history}, None, _extras(modules, tensors)
 
-        return self._stored(teacher_identity(self.ctx.grid, domain, data, objective), train)[domain]
+        return self._stored(self.identity("single", domain, objective), train)[domain]
 
     def joint(self, kind: str, objective: TeacherObjective | None = None) -> dict[str, StoredTeacher]:
         """A mix teacher (one model on the union) or a multi teacher (shared encoder, a head per
         domain, trained on the plain sum of per-domain CE; each domain's best dev checkpoint)."""
         g, p = self.ctx.grid, self.ctx.grid.preset
-        data = {d: self.ctx.data(d) for d in g.domains}
 
         def train(model, checkpoint):
             view = self.ctx.teacher_view(model)
@@ -266,7 +271,7 @@ class TeacherSupply:
                                  "have one state", "give the method teacher_kind 'single' or 'mix'")
             return info, states, _extras(modules, tensors)
 
-        return self._stored(joint_teacher_identity(g, kind, data, objective), train)
+        return self._stored(self.identity(kind, g.domains[0], objective), train)
 
     def timing(self, teacher: StoredTeacher | None) -> dict[str, Any]:
         """The preset teacher's latency and parameters, measured once in this process (timing

@@ -8,7 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # The contract for plugin authors (docs/PLUGINS.md): everything else in bench/ may change.
-PUBLIC = {"bench", "bench.api", "bench.hookspecs", "bench.losses", "bench.testing", "bench.errors", "bench.measure"}
+PUBLIC = {"bench", "bench.api", "bench.hookspecs", "bench.losses", "bench.testing", "bench.errors", "bench.measure",
+          "bench.textfiles"}
 PLUGIN_SOURCES = ["plugins", "hrkd_plugin/hrkd_plugin", "examples/kd-bench-logit-mse/bench_logit_mse.py"]
 
 

@@ -138,6 +138,11 @@ def test_bom_crlf_and_bad_bytes(tmp_path):
     with pytest.raises(BenchError, match=r"train.tsv:9: bytes that are not UTF-8 at byte \d+"):
         mnli.load("government", "train", cfg(tmp_path))
     assert len(mnli.load("government", "train", cfg(tmp_path, skip=True))) == 8  # 90% of the 9 left
+    path.write_bytes(path.read_bytes().replace(b"genre", b"g\xe9nre", 1))
+    for skip in (False, True):  # without its header the columns cannot be told: no skipping it
+        with pytest.raises(BenchError, match=r"train.tsv:1: bytes that are not UTF-8 at byte \d+") as err:
+            mnli.load("travel", "train", cfg(tmp_path, skip=skip))
+        assert "save the file as UTF-8" in str(err.value)
 
 
 def test_missing_files_and_headers_say_what_is_expected(tmp_path):

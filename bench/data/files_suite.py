@@ -38,6 +38,7 @@ from pathlib import Path
 
 from bench.api import DataConfig, SuiteSpec
 from bench.errors import BenchError
+from bench.textfiles import BadRow, json_object, utf8_lines
 
 PREFIX = "files:"
 SPLITS = ("train", "dev", "test")
@@ -132,22 +133,7 @@ class _Reader:
             self.parsed.rows.append((text, pair, label))
 
     def lines(self, has_header: bool):
-        """(line number, text with its line break) of each line: a BOM tolerated, bad bytes reported
-        (in the header of a csv or tsv always: the columns cannot be told without it)."""
-        with open(self.path, "rb") as f:
-            offset = 0
-            for lineno, raw in enumerate(f, start=1):
-                try:
-                    text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-                except UnicodeDecodeError as exc:
-                    reason = f"bytes that are not UTF-8 at byte {offset + exc.start} of the file"
-                    if has_header and lineno == 1:
-                        raise BenchError(f"{self.path}:1: {reason}", "save the file as UTF-8") from None
-                    self.bad(lineno, reason)
-                    text = None
-                offset += len(raw)
-                if text is not None:
-                    yield lineno, text
+        return utf8_lines(self.path, self.bad, header=has_header)
 
 
 def read_jsonl(path: Path, skip_bad_rows: bool = False, labels: tuple[str, ...] | None = None) -> Parsed:
@@ -156,15 +142,9 @@ def read_jsonl(path: Path, skip_bad_rows: bool = False, labels: tuple[str, ...] 
         if not line.strip():
             continue
         try:
-            row = json.loads(line.rstrip("\r\n"))  # without the line break, an error's column is on this line
-        except json.JSONDecodeError as exc:
-            reader.bad(lineno, f"not valid JSON ({exc.msg} at column {exc.colno})")
-            continue
-        if not isinstance(row, dict):
-            reader.bad(lineno, f"a JSON {type(row).__name__}, not an object with {', '.join(REQUIRED)}")
-            continue
-        if missing := [k for k in REQUIRED if k not in row]:
-            reader.bad(lineno, f"missing field(s) {', '.join(missing)}")
+            row = json_object(line, REQUIRED)
+        except BadRow as exc:
+            reader.bad(lineno, exc.reason)
             continue
         text, pair, label = row["text"], row.get(PAIR), row["label"]
         if not isinstance(text, str) or not (pair is None or isinstance(pair, str)):  # a null is no text "None"

@@ -26,6 +26,7 @@ from pathlib import Path
 from bench.api import DataConfig, SuiteSpec
 from bench.errors import BenchError
 from bench.hookspecs import hookimpl
+from bench.textfiles import BadRow, json_object, utf8_lines
 
 DOMAINS = ("fiction", "government", "slate", "telephone", "travel")
 LABELS = ("entailment", "neutral", "contradiction")
@@ -99,24 +100,14 @@ class _Reader:
         else:
             self.parsed.rows[genre].append((text_a, text_b, LABELS.index(label)))
 
-    def lines(self):
-        """(line number, text) of each line: BOM and CRLF tolerated, bad bytes reported."""
-        with open(self.path, "rb") as f:
-            offset = 0
-            for lineno, raw in enumerate(f, start=1):
-                try:
-                    text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-                except UnicodeDecodeError as exc:
-                    self.bad(lineno, f"bytes that are not UTF-8 at byte {offset + exc.start} of the file")
-                    text = None
-                offset += len(raw)
-                if text is not None:
-                    yield lineno, text.rstrip("\r\n")
+    def lines(self, header: bool):
+        """(line number, text) of each line, its line break (LF or CRLF) dropped."""
+        return ((lineno, text.rstrip("\r\n")) for lineno, text in utf8_lines(self.path, self.bad, header))
 
 
 def read_tsv(path: Path, skip_bad_rows: bool = False) -> Parsed:
     reader = _Reader(path, skip_bad_rows)
-    lines = reader.lines()
+    lines = reader.lines(header=True)
     try:
         _, header_line = next(lines)
     except StopIteration:
@@ -150,19 +141,13 @@ def _text_or(value, default: str) -> str:
 
 def read_jsonl(path: Path, skip_bad_rows: bool = False) -> Parsed:
     reader = _Reader(path, skip_bad_rows)
-    for lineno, line in reader.lines():
+    for lineno, line in reader.lines(header=False):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            reader.bad(lineno, f"not valid JSON ({exc.msg} at column {exc.colno})")
-            continue
-        if not isinstance(row, dict):
-            reader.bad(lineno, f"a JSON {type(row).__name__}, not an object with {', '.join(JSONL_FIELDS)}")
-            continue
-        if missing := [k for k in JSONL_FIELDS if k not in row]:
-            reader.bad(lineno, f"missing field(s) {', '.join(missing)}", _text_or(row.get("genre"), "?"))
+            row = json_object(line, JSONL_FIELDS)
+        except BadRow as exc:
+            reader.bad(lineno, exc.reason, _text_or((exc.row or {}).get("genre"), "?"))
             continue
         if wrong := [k for k in JSONL_FIELDS if not isinstance(row[k], str)]:  # a null is no text "None"
             reader.bad(lineno, f"{wrong[0]} is {json.dumps(row[wrong[0]])}, not a text",

@@ -233,12 +233,7 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
 
     preset = preset.for_suite(suite.name)
     epochs = preset.student_train.epochs if epochs is None else epochs
-    if steps < 1 or warmup < 0 or batch_per_domain < 1 or (length_buckets or 0) < 0 or epochs < 1 or ops < 0:
-        raise BenchError(f"cannot profile {steps} steps after {warmup} warm-up steps of batch {batch_per_domain}"
-                         + (f" with {length_buckets} length buckets" if length_buckets is not None else "")
-                         + f" over {epochs} epochs" + (f", listing {ops} operators" if ops < 0 else ""),
-                         "give --steps >= 1, --warmup >= 0, --batch-per-domain >= 1, --length-buckets >= 0, "
-                         "--epochs >= 1 and --ops >= 0")
+    _check_counts(steps, warmup, batch_per_domain, length_buckets, epochs, ops)
     train = dataclasses.replace(preset.student_train, batch_size=batch_per_domain, max_steps=warmup + steps,
                                 eval_every=10**9, epochs=10**6)
     if length_buckets is None:
@@ -259,39 +254,31 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
                          "profile a method whose teacher is trained on labels (e.g. kd, tinybert, hrkd)")
     kind = distiller.student_kind
     device = runner.accelerator.device
-    torch.manual_seed(seed)
-    student_model = build_classifier(preset.student, len(suite.labels), len(domains) if kind == "multi" else 1)
-    teachers = None
-    if distiller.teacher_kind:
-        heads = len(domains) if distiller.teacher_kind == "multi" else 1
-        model = build_classifier(preset.teacher, len(suite.labels), heads).to(device).eval()
-        teachers = {d: StoredTeacher("profile", model, {}, False, None) for d in domains}
-    extra = distiller.extra_modules(model.config if teachers else None, student_model.config)
+    student_model, teachers, extra = _models(distiller, preset, suite, domains, seed, device)
 
     timer = PhaseTimer(device)
     compute_loss = runner.student_forward(distiller, student_model, teachers, timer=timer)
     loader = _train_loader(runner, kind, domains[0], batch_per_domain, seed, length_buckets)
     if teacher_cache or ops:  # every pass takes the same batches
         loader = list(itertools.islice(iter(loader), warmup + steps))
-    timed = TimedLoader(loader, timer, warmup)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     student_model.to(device)
     stage = distiller.stages[0]
-    fit(student_model, timed, lambda b: compute_loss(b, stage), lambda: 0.0, train, runner.accelerator,
-        extra_modules=extra, desc=f"profile {method.name}", select_best=False, timer=timer)
-    first_wall, first_phases = timer.ended - timer.started, dict(timer.seconds)
+
+    def timed_pass(label: str, op_times: OpTimes | None = None) -> tuple[TimedLoader, float, dict[str, float]]:
+        timed = TimedLoader(loader, timer, warmup, op_times)
+        fit(student_model, timed, lambda b: compute_loss(b, stage), lambda: 0.0, train, runner.accelerator,
+            extra_modules=extra, desc=f"profile {method.name}{label}", select_best=False, timer=timer)
+        return timed, timer.ended - timer.started, dict(timer.seconds)
+
+    timed, first_wall, first_phases = timed_pass("")
     cached_wall = cached_phases = None
     if teacher_cache:
-        fit(student_model, TimedLoader(loader, timer, warmup), lambda b: compute_loss(b, stage), lambda: 0.0, train,
-            runner.accelerator, extra_modules=extra, desc=f"profile {method.name} (cached)", select_best=False,
-            timer=timer)
-        cached_wall, cached_phases = timer.ended - timer.started, dict(timer.seconds)
+        _, cached_wall, cached_phases = timed_pass(" (cached)")
     op_times = OpTimes(device) if ops else None
     if op_times is not None:
-        fit(student_model, TimedLoader(loader, timer, warmup, op_times), lambda b: compute_loss(b, stage),
-            lambda: 0.0, train, runner.accelerator, extra_modules=extra, desc=f"profile {method.name} (operators)",
-            select_best=False, timer=timer)
+        timed_pass(" (operators)", op_times)
         op_times.stop()
     compute_loss.flush_outputs()
     if scratch is not None:
@@ -311,6 +298,31 @@ def profile(registry, method: type[Distiller], suite: SuiteSpec, preset: Preset,
                    length_buckets=length_buckets, padded_tokens_per_example=timed.tokens / max(timed.examples, 1),
                    cached_wall_seconds=cached_wall, cached_phases=cached_phases, epochs=epochs if teacher_cache else 1,
                    machine={**runner.machine, **kernels()}, ops=op_times.top(ops, steps) if op_times else [])
+
+
+def _check_counts(steps: int, warmup: int, batch_per_domain: int, length_buckets: int | None, epochs: int,
+                  ops: int) -> None:
+    if steps < 1 or warmup < 0 or batch_per_domain < 1 or (length_buckets or 0) < 0 or epochs < 1 or ops < 0:
+        raise BenchError(f"cannot profile {steps} steps after {warmup} warm-up steps of batch {batch_per_domain}"
+                         + (f" with {length_buckets} length buckets" if length_buckets is not None else "")
+                         + f" over {epochs} epochs" + (f", listing {ops} operators" if ops < 0 else ""),
+                         "give --steps >= 1, --warmup >= 0, --batch-per-domain >= 1, --length-buckets >= 0, "
+                         "--epochs >= 1 and --ops >= 0")
+
+
+def _models(distiller: Distiller, preset: Preset, suite: SuiteSpec, domains: list[str], seed: int, device):
+    """The student (seeded), the teachers (one model for every domain: its weights do not change the
+    time) and the method's extra modules."""
+    torch.manual_seed(seed)
+    heads = len(domains) if distiller.student_kind == "multi" else 1
+    student_model = build_classifier(preset.student, len(suite.labels), heads)
+    teachers = None
+    if distiller.teacher_kind:
+        heads = len(domains) if distiller.teacher_kind == "multi" else 1
+        model = build_classifier(preset.teacher, len(suite.labels), heads).to(device).eval()
+        teachers = {d: StoredTeacher("profile", model, {}, False, None) for d in domains}
+    extra = distiller.extra_modules(model.config if teachers else None, student_model.config)
+    return student_model, teachers, extra
 
 
 def _train_loader(runner, kind: str, domain: str, batch_per_domain: int, seed: int, length_buckets: int):

@@ -189,7 +189,7 @@ def test_csv_is_plain_numbers_one_row_per_method(new_store):
     assert list(df.index) == ["teacher", "finetune", "kd", "tiny"]
     assert list(df.columns) == ["suite", "train_ratio", "preset", "source", "books_mean", "books_std", "dvd_mean",
                                 "dvd_std", "avg_mean", "avg_std", "seeds", "unconverged", "params",
-                                "non_embedding_params", "latency_ms", "speedup", "train_minutes"]
+                                "non_embedding_params", "latency_ms", "speedup", "train_minutes", "teacher_minutes"]
     kd = df.loc["kd"]
     assert kd["books_mean"] == 85.0 and kd["books_std"] == pytest.approx(50 ** 0.5, abs=1e-4)
     assert kd["avg_mean"] == 75.0 and kd["avg_std"] == 0.0 and kd["seeds"] == 2
@@ -415,6 +415,37 @@ def test_a_page_written_without_plots_links_those_drawn_beside_the_store(new_sto
         "plots/amazon-smoke-accuracy-latency.png", "plots/amazon-smoke-domains.png"]
 
 
+def test_teacher_training_counts_each_teachers_recorded_training_once(tmp_path):
+    """The runs of one process that shared a teacher's training each record it, a run that reused
+    the teacher records 0, and one on a fresh machine that trained it again records another time:
+    a teacher's training is the median of its distinct trainings, counted once for a method however
+    many seeds distilled from it; 0 for a method without a teacher, unknown ("-") when a teacher's
+    training was never recorded."""
+    def trained(rec, seconds):
+        rec["timings"] = {"teacher_seconds": seconds}
+        return rec
+
+    runs = [trained(record("kd", "books", 1), 120.0), trained(record("tiny", "books", 1), 120.0),  # one training
+            trained(record("kd", "books", 2), 0.0),  # the store's teacher, reused
+            trained(record("kd", "books", 3), 300.0), trained(record("kd", "books", 4), 150.0),  # trained again
+            trained(record("kd", "dvd", 1), 60.0), trained(record("finetune", "books", 1), 0.0)]
+    [table] = build_tables(iter_results(store(tmp_path / "r", runs)), None, ORDERS, versus="kd")
+    rows = {r.method: r for r in table.rows}
+    assert rows["kd"].teacher_minutes == pytest.approx((150 + 60) / 60)  # books: the median of 120, 300, 150
+    assert rows["tiny"].teacher_minutes == pytest.approx(2.5)
+    assert rows["finetune"].teacher_minutes == 0.0
+    assert rows["teacher"].teacher_minutes == pytest.approx(3.5)
+    assert {c.method: c.teacher_minutes for c in table.comparisons}["tiny"] == pytest.approx(2.5)
+    [summary] = summarize([table])
+    assert {r.method: r.teacher_minutes for r in summary.rows}["kd"] == pytest.approx(3.5)
+
+    runs.append(record("kd", "kitchen", 1))  # no timings: its teacher's training is unknown
+    [table] = build_tables(iter_results(store(tmp_path / "r", runs)), None, ORDERS)
+    rows = {r.method: r for r in table.rows}
+    assert rows["kd"].teacher_minutes is None and rows["teacher"].teacher_minutes is None
+    assert rows["tiny"].teacher_minutes == pytest.approx(2.5)
+
+
 def test_a_method_is_compared_with_each_other_seed_by_seed(tmp_path, capsys):
     """hrkd (one joint run per seed, 10 min) against kd (a run per domain, 2 min each): their domain
     averages differ by 4.0 and 1.0 points on the seeds both ran (kd's third seed pairs with nothing),
@@ -443,7 +474,7 @@ def test_a_method_is_compared_with_each_other_seed_by_seed(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "### amazon (smoke preset): hrkd against each method" in text
     kd_line = next(line for line in text.splitlines() if line.startswith("| kd ") and "of" in line)
-    assert [c.strip() for c in kd_line.split("|")[1:-1]] == ["kd", "+2.5 ± 2.1", "2", "1 of 2", "-", "4.0"]
+    assert [c.strip() for c in kd_line.split("|")[1:-1]] == ["kd", "+2.5 ± 2.1", "2", "1 of 2", "-", "4.0", "-"]
     assert main(["report", "--results-dir", str(root), "--versus", "none"]) == 0
     assert "against each method" not in capsys.readouterr().out
     assert main(["report", "--results-dir", str(root), "--versus", "kd", "--write", str(tmp_path / "page.md")]) == 0
@@ -459,12 +490,12 @@ def test_a_method_is_compared_with_each_other_seed_by_seed(tmp_path, capsys):
     assert r"\caption{amazon (smoke preset): hrkd against each method}" in latex
     assert r"\label{tab:amazon-smoke-versus}" in latex
     assert r"hrkd $-$ method, avg (points)" in latex  # no bare U+2212, which pdflatex refuses
-    assert r"kd & +2.5 $\pm$ 2.1 & 2 & 1 of 2 & - & 4.0 \\" in latex
+    assert r"kd & +2.5 $\pm$ 2.1 & 2 & 1 of 2 & - & 4.0 & - \\" in latex
     assert latex.count(r"\begin{table}") == latex.count(r"\end{table}") == 2 and "−" not in latex
     assert main(["report", "--results-dir", str(root), "--format", "html"]) == 0
     page = capsys.readouterr().out
     assert "<h3>amazon (smoke preset): hrkd against each method</h3>" in page
-    assert "<tr><td>kd</td><td>+2.5 ± 2.1</td><td>2</td><td>1 of 2</td><td>-</td><td>4.0</td></tr>" in page
+    assert "<tr><td>kd</td><td>+2.5 ± 2.1</td><td>2</td><td>1 of 2</td><td>-</td><td>4.0</td><td>-</td></tr>" in page
     assert main(["report", "--results-dir", str(root), "--format", "latex", "--versus", "none"]) == 0
     assert "against each method" not in capsys.readouterr().out
 
@@ -698,8 +729,8 @@ def test_the_versus_table_gives_the_paired_p_value_pooled_over_domains_and_seeds
     assert rows["kd"]["domains hrkd leads"] == "2 of 2" and rows["kd"]["paired seeds"] == "2"
     assert re.search(r"\| \*\*0\.031\*\* +\|", text) and re.search(r"\| \*\*< 0\.001\*\* +\|", text)
     latex = render(table, "latex")
-    assert r"tiny & +77.5 $\pm$ 3.5 & 2 & 2 of 2 & \textbf{$<$ 0.001} & - \\" in latex
-    assert r"kd & +25.0 $\pm$ 14.1 & 2 & 2 of 2 & \textbf{0.031} & - \\" in latex
+    assert r"tiny & +77.5 $\pm$ 3.5 & 2 & 2 of 2 & \textbf{$<$ 0.001} & - & - \\" in latex
+    assert r"kd & +25.0 $\pm$ 14.1 & 2 & 2 of 2 & \textbf{0.031} & - & - \\" in latex
     assert "<td>finetune</td><td>+0.0 ± 0.0</td><td>2</td><td>0 of 2</td><td>1.000</td>" in render(table, "html")
 
 

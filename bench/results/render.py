@@ -22,6 +22,8 @@ from bench.results.tables import FORMATS, METRICS, REPORTED_NOTE, Column, Row, S
 log = logging.getLogger(__name__)
 
 UNCONVERGED_MARK = "‡"  # after a score some of whose runs had not converged
+TEACHER_TRAINING_NOTE = ("Teacher training: the wall time of the teachers the runs distilled from, each once "
+                         "(they serve every seed), as recorded; 0: no teacher.")
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,8 @@ def _notes(table: Table, marked: bool) -> list[str]:
                 "(that table gives each domain); bold: the best measured student per column, the teacher not "
                 "ranked; seeds: the fewest any of the row's columns holds; runs not converged: over all its "
                 "columns. Student training: the runs' wall time per seed as recorded, added over the columns, "
-                "teachers not counted; runs that shared the machine with other work took longer.",
+                "teachers not counted; runs that shared the machine with other work took longer. "
+                + TEACHER_TRAINING_NOTE,
                 *_unconverged_note(table)]
     reported = any(r.source == "reported" for r in table.rows)
     notes = _unconverged_note(table)
@@ -170,16 +173,16 @@ def _versus_grid(table: Table, markup: Markup) -> tuple[str, list[str], list[lis
         body.append([escape(c.method), escape(delta), str(c.seeds),
                      "-" if c.method == ours else f"{c.leads} of {c.domains}",
                      markup.bold(p) if c.p_value is not None and c.p_value < SIGNIFICANT else p,
-                     "-" if c.train_minutes is None else f"{c.train_minutes:.1f}"])
+                     *("-" if m is None else f"{m:.1f}" for m in (c.train_minutes, c.teacher_minutes))])
     headers = ["method", f"{ours} − method, avg (points)", "paired seeds", f"domains {ours} leads", "p",
-               "student training (min per seed)"]
+               "student training (min per seed)", "teacher training (min)"]
     note = (f"{ours} − method: the difference of their {METRICS[table.metric]} averaged over the domains, taken "
             f"seed by seed over the seeds both ran on every domain: mean ± sample std over those seeds (no std "
             f"for one seed). Domains {ours} leads: on each method's mean over its seeds. p: the paired "
             "randomisation test (Dror et al. 2018), exact, over every test example of those seeds and domains "
             f"pooled; bold: p < {SIGNIFICANT:g}; '-': no seed both ran, or a run kept no predictions. Student "
             "training: the runs' wall time per seed as recorded, teachers not counted; runs that shared the "
-            "machine with other work took longer.")
+            f"machine with other work took longer. {TEACHER_TRAINING_NOTE}")
     return escape(f"{table.name}: {ours} against each method"), [escape(h) for h in headers], body, escape(note)
 
 
@@ -240,11 +243,12 @@ def _html_table(title: str, headers: list[str], body: list[list[str]], notes: li
 def csv_frame(tables: Sequence[Table]) -> pd.DataFrame:
     """Plain numbers, one row per (table, method): scores in percent as `<col>_mean` and
     `<col>_std` (empty for a single seed), params as counts, latency in ms, speed-up as a ratio,
-    student training in minutes per seed as recorded."""
+    student training in minutes per seed and teacher training in minutes as recorded."""
     domains = list(dict.fromkeys(d for t in tables for d in t.domains))
     score_cols = [f"{d}_{s}" for d in [*domains, "avg"] for s in ("mean", "std")]
     columns = ["suite", "train_ratio", "preset", "method", "source", *score_cols,
-               "seeds", "unconverged", "params", "non_embedding_params", "latency_ms", "speedup", "train_minutes"]
+               "seeds", "unconverged", "params", "non_embedding_params", "latency_ms", "speedup", "train_minutes",
+               "teacher_minutes"]
     records = [_csv_record(t, r) for t in tables for r in t.rows]
     df = pd.DataFrame(records, columns=columns)
     return df.astype({"seeds": "Int64", "unconverged": "Int64", "params": "Int64", "non_embedding_params": "Int64"})
@@ -265,6 +269,7 @@ def _csv_record(table: Table, row: Row) -> dict[str, Any]:
         "latency_ms": None if row.latency_ms is None else round(row.latency_ms, 4),
         "speedup": None if row.speedup is None else round(row.speedup, 4),
         "train_minutes": None if row.train_minutes is None else round(row.train_minutes, 4),
+        "teacher_minutes": None if row.teacher_minutes is None else round(row.teacher_minutes, 4),
     }
 
 

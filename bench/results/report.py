@@ -61,13 +61,14 @@ def build_tables(records: Iterable[dict[str, Any]], suite: str | None, domain_or
     df = _with_columns(df, metric)
     if "method.label" in df:  # a method run with user options is its own row: kd[temperature=4]
         df["method.name"] = df["method.label"].fillna(df["method.name"])
+    teacher_seconds = _teacher_seconds(df)
     tables = []
     for (suite_name, ratio, preset), sub in df.groupby(["suite.name", "suite.train_ratio", "preset"], sort=True):
         _check_one_data(sub, f"{suite_name}/{preset}")
         domains = [d for d in domain_orders.get(suite_name) or [] if d in set(sub["suite.domain"])]
         domains += sorted(set(sub["suite.domain"]) - set(domains))
         reported = [replace(r, scores=dict(r.scores)) for r in paper or []]
-        rows = _measured_rows(sub, domains, metric, method_order) + reported
+        rows = _measured_rows(sub, domains, metric, method_order, teacher_seconds) + reported
         timing = _timing(sub, f"{suite_name}/{preset}")
         table = Table(suite_name, float(ratio), preset, metric, domains, rows, timing, _retimed(sub),
                       unconverged=_unconverged(sub))
@@ -126,23 +127,25 @@ def _unconverged(df: pd.DataFrame) -> list[str]:
 def _with_columns(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Older records lack the newer fields: give them empty columns, so they render as "-"."""
     needed = [f"metrics.{metric}", f"teacher.test_{metric}", "teacher.key", STUDENT_LATENCY, TEACHER_LATENCY,
-              "train.converged", "test.predictions", "test.labels",
+              "train.converged", "timings.teacher_seconds", "test.predictions", "test.labels",
               SPEEDUP, *(f"{p}.params.{k}" for p in ("metrics", "teacher") for k in ("total", "non_embedding")),
               *(f"{p}.latency.{k}" for p in ("metrics", "teacher") for k in TIMING_FIELDS)]
     missing = {c: float("nan") for c in needed if c not in df}
     return df.assign(**missing) if missing else df
 
 
-def _measured_rows(df: pd.DataFrame, domains: list[str], metric: str,
-                   method_order: Sequence[str] | None) -> list[Row]:
+def _measured_rows(df: pd.DataFrame, domains: list[str], metric: str, method_order: Sequence[str] | None,
+                   teacher_seconds: Mapping[str, float]) -> list[Row]:
     """The teacher, then `method_order`, then any other method alphabetically."""
-    rows = _teacher_rows(df, domains, metric)
+    rows = _teacher_rows(df, domains, metric, teacher_seconds)
     present = set(df["method.name"])
     methods = [m for m in method_order or [] if m in present] + sorted(present - set(method_order or []))
-    return rows + [_method_row(m, df[df["method.name"] == m], domains, metric) for m in methods]
+    return rows + [replace(_method_row(m, df[df["method.name"] == m], domains, metric),
+                           teacher_minutes=_teacher_minutes(df[df["method.name"] == m], teacher_seconds))
+                   for m in methods]
 
 
-def _teacher_rows(df: pd.DataFrame, domains: list[str], metric: str) -> list[Row]:
+def _teacher_rows(df: pd.DataFrame, domains: list[str], metric: str, teacher_seconds: Mapping[str, float]) -> list[Row]:
     """One teacher row per teacher kind (or objective) the methods used ("teacher" when there is one): a
     multi teacher serves every domain under one key, so rows are told apart by (key, domain)."""
     with_teacher = df.dropna(subset=["teacher.key"])
@@ -153,8 +156,10 @@ def _teacher_rows(df: pd.DataFrame, domains: list[str], metric: str) -> list[Row
     if "teacher.objective" in with_teacher:  # a method's own teacher (Meta-KD's meta-teacher) is named by it
         kinds = with_teacher["teacher.objective"].fillna(kinds)
     names = sorted(set(kinds))
-    return [_teacher_row(with_teacher[kinds == kind], domains, metric,
-                         TEACHER_ROW if len(names) == 1 else f"{TEACHER_ROW} ({kind})") for kind in names]
+    return [replace(_teacher_row(with_teacher[kinds == kind], domains, metric,
+                                 TEACHER_ROW if len(names) == 1 else f"{TEACHER_ROW} ({kind})"),
+                    teacher_minutes=_teacher_minutes(with_teacher[kinds == kind], teacher_seconds))
+            for kind in names]
 
 
 def _teacher_row(df: pd.DataFrame, domains: list[str], metric: str, name: str) -> Row:
@@ -212,6 +217,7 @@ def _comparisons(df: pd.DataFrame, versus: str, rows: Mapping[str, Row], domains
         test = None if method == versus else _paired_test(df, versus, method, list(paired.index), domains)
         out.append(Versus(method, None if method == versus else Stat.of(paired.mean(axis=1)), len(paired),
                           int((means > 0).sum()), int(means.notna().sum()), rows[method].train_minutes,
+                          rows[method].teacher_minutes,
                           None if test is None else test.p_value, 0 if test is None else test.examples))
     return out
 
@@ -248,6 +254,25 @@ def _train_minutes(df: pd.DataFrame) -> float | None:
     per_seed = [(g["timings.train_seconds"].iloc[0] if joint[g.index].all() else g["timings.train_seconds"].sum())
                 for _, g in df.groupby("seed")]
     return float(sum(per_seed) / len(per_seed) / 60)
+
+
+def _teacher_seconds(df: pd.DataFrame) -> dict[str, float]:
+    """Each teacher's training wall time in seconds as recorded, by store key. The run that trained a
+    teacher wrote it (`timings.teacher_seconds`; the others 0), the runs of one process that shared the
+    training the same value, and a teacher trained again on a fresh machine another: the median of the
+    distinct trainings."""
+    trained = df[df["timings.teacher_seconds"].gt(0) & df["teacher.key"].notna()]
+    return {key: float(pd.Series(sorted(set(times))).median())
+            for key, times in trained.groupby("teacher.key")["timings.teacher_seconds"]}
+
+
+def _teacher_minutes(df: pd.DataFrame, teacher_seconds: Mapping[str, float]) -> float | None:
+    """The training of the teachers `df`'s runs distilled from, each once, in minutes: 0 without a
+    teacher, None when one of them has no recorded training."""
+    keys = set(df["teacher.key"].dropna())
+    if any(key not in teacher_seconds for key in keys):
+        return None
+    return sum(teacher_seconds[key] for key in keys) / 60
 
 
 def _largest(df: pd.DataFrame, column: str) -> float | None:

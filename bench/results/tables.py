@@ -49,6 +49,9 @@ class Row:
     latency_ms: float | None = None  # median batch-1 forward time
     speedup: float | None = None  # teacher median / student median, batch 1
     train_minutes: float | None = None  # student training per seed, as recorded (teachers not counted)
+    # the training of the teachers the runs distilled from, each once (they serve every seed), as recorded;
+    # 0 for a method without a teacher; a teacher row: its own
+    teacher_minutes: float | None = None
     unconverged: int | None = None  # runs behind the row whose dev curve had not flattened (bench.results.convergence)
     unconverged_in: frozenset[str] = frozenset()  # the score keys (domains, "avg") those runs enter
 
@@ -81,6 +84,7 @@ class Versus:
     leads: int  # domains where the versus method's mean over seeds is the higher
     domains: int
     train_minutes: float | None  # this method's student training per seed, as recorded (teachers not counted)
+    teacher_minutes: float | None  # the training of its teachers, each once, as recorded (Row.teacher_minutes)
     # the paired randomisation test (bench.results.significance) over every test example of those seeds and
     # domains; None where a run lacks its predictions
     p_value: float | None = None
@@ -150,7 +154,8 @@ class Summary(Table):
                 Column("seeds", "seeds", "count"),
                 Column("unconverged", "runs not converged", "count"),
                 Column("params", "params", "params", "min"),
-                Column("train_minutes", "student training (min per seed)", "minutes")]
+                Column("train_minutes", "student training (min per seed)", "minutes"),
+                Column("teacher_minutes", "teacher training (min)", "minutes")]
 
 
 def summarize(tables: Sequence[Table]) -> list[Summary]:
@@ -178,9 +183,11 @@ def _summary_row(method: str, found: Sequence[tuple[str, Row]]) -> Row:
     training time added up, unknown if any table lacks it."""
     seeds = [r.seeds for _, r in found if r.seeds is not None]
     minutes = [r.train_minutes for _, r in found]
+    teacher_minutes = [r.teacher_minutes for _, r in found]
     counts = [r.unconverged for _, r in found if r.unconverged is not None]
     return Row(method, is_teacher=found[0][1].is_teacher, scores={c: r.scores.get("avg") for c, r in found},
                seeds=min(seeds) if seeds else None, params=next((r.params for _, r in found if r.params), None),
                train_minutes=None if None in minutes else sum(minutes),
+               teacher_minutes=None if None in teacher_minutes else sum(teacher_minutes),
                unconverged=sum(counts) if counts else None,
                unconverged_in=frozenset(c for c, r in found if r.unconverged))

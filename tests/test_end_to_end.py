@@ -245,6 +245,7 @@ def test_kd_with_a_teacher_of_another_vocabulary(tmp_path, data_dir, packaged_ca
     assert record["teacher"]["ref"] == f"path:{tiny}"
     stored = json.loads((packaged_cache / "teachers" / record["teacher"]["key"] / "teacher.json").read_text())
     assert stored["identity"]["input_vocab"]["specials"]["cls"] == ["[CLS]", "<s>"]
+    assert record["teacher"]["train_seconds"] == stored["wall_seconds"] > 0  # the report's teacher training
     assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
     capsys.readouterr()  # the plan names the mapped teacher's key, so it is reused, not trained again
     assert main(["run", "--methods", "kd", "--suite", "mnli", "--preset", "smoke-mpnet", "--domains", "travel",

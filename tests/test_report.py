@@ -420,7 +420,7 @@ def test_teacher_training_counts_each_teachers_recorded_training_once(tmp_path):
     the teacher records 0, and one on a fresh machine that trained it again records another time:
     a teacher's training is the median of its distinct trainings, counted once for a method however
     many seeds distilled from it; 0 for a method without a teacher, unknown ("-") when a teacher's
-    training was never recorded."""
+    training was never recorded; a newer record holds its teacher's training whoever trained it."""
     def trained(rec, seconds):
         rec["timings"] = {"teacher_seconds": seconds}
         return rec
@@ -439,6 +439,10 @@ def test_teacher_training_counts_each_teachers_recorded_training_once(tmp_path):
     [summary] = summarize([table])
     assert {r.method: r.teacher_minutes for r in summary.rows}["kd"] == pytest.approx(3.5)
 
+    newer = record("pkd", "electronics", 1)  # a newer record names its teacher's training though it reused it
+    newer["teacher"]["train_seconds"], newer["timings"] = 90.0, {"teacher_seconds": 0.0}
+    [table] = build_tables(iter_results(store(tmp_path / "n", [*runs, newer])), None, ORDERS)
+    assert {r.method: r.teacher_minutes for r in table.rows}["pkd"] == pytest.approx(1.5)
     runs.append(record("kd", "kitchen", 1))  # no timings: its teacher's training is unknown
     [table] = build_tables(iter_results(store(tmp_path / "r", runs)), None, ORDERS)
     rows = {r.method: r for r in table.rows}

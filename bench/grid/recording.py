@@ -96,6 +96,8 @@ class Recorder:
                 "latency": timing["latency"],
                 "dev_accuracy": teacher.info.get("dev_accuracy"),
                 "test_accuracy": teacher.info.get("test_accuracy"),
+                # its training's wall time, whoever trained it (the store keeps it)
+                "train_seconds": teacher.info.get("wall_seconds"),
                 "reused": not teacher.trained_now},
             "student": {"ref": p.student.ref, "init": p.student.init,
                         "layers": list(p.student.layers) if p.student.layers else None,

@@ -127,7 +127,7 @@ def _unconverged(df: pd.DataFrame) -> list[str]:
 def _with_columns(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Older records lack the newer fields: give them empty columns, so they render as "-"."""
     needed = [f"metrics.{metric}", f"teacher.test_{metric}", "teacher.key", STUDENT_LATENCY, TEACHER_LATENCY,
-              "train.converged", "timings.teacher_seconds", "test.predictions", "test.labels",
+              "train.converged", "timings.teacher_seconds", "teacher.train_seconds", "test.predictions", "test.labels",
               SPEEDUP, *(f"{p}.params.{k}" for p in ("metrics", "teacher") for k in ("total", "non_embedding")),
               *(f"{p}.latency.{k}" for p in ("metrics", "teacher") for k in TIMING_FIELDS)]
     missing = {c: float("nan") for c in needed if c not in df}
@@ -257,13 +257,16 @@ def _train_minutes(df: pd.DataFrame) -> float | None:
 
 
 def _teacher_seconds(df: pd.DataFrame) -> dict[str, float]:
-    """Each teacher's training wall time in seconds as recorded, by store key. The run that trained a
-    teacher wrote it (`timings.teacher_seconds`; the others 0), the runs of one process that shared the
-    training the same value, and a teacher trained again on a fresh machine another: the median of the
-    distinct trainings."""
-    trained = df[df["timings.teacher_seconds"].gt(0) & df["teacher.key"].notna()]
-    return {key: float(pd.Series(sorted(set(times))).median())
-            for key, times in trained.groupby("teacher.key")["timings.teacher_seconds"]}
+    """Each teacher's training wall time in seconds as recorded, by store key: every run names the
+    training of the teacher it used (`teacher.train_seconds`; older records only in the run that
+    trained it, `timings.teacher_seconds`, the others 0). Runs that used one training record the same
+    value, a teacher trained again on a fresh machine another: the median of the distinct trainings."""
+    times = pd.concat([df["teacher.train_seconds"], df["timings.teacher_seconds"]])
+    keys = pd.concat([df["teacher.key"], df["teacher.key"]])
+    trained = pd.DataFrame({"key": keys, "seconds": times})
+    trained = trained[trained["seconds"].gt(0) & trained["key"].notna()]
+    return {key: float(pd.Series(sorted(set(seconds))).median())
+            for key, seconds in trained.groupby("key")["seconds"]}
 
 
 def _teacher_minutes(df: pd.DataFrame, teacher_seconds: Mapping[str, float]) -> float | None:

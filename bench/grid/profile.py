@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from bench.api import DataConfig, Distiller, SuiteSpec
-from bench.data.batching import batch_examples, make_loader
+from bench.data.batching import batch_examples
 from bench.errors import BenchError
 from bench.machine import CPU_FLAGS, kernels
 from bench.models.classifier import build_classifier
@@ -329,9 +329,8 @@ def _train_loader(runner, kind: str, domain: str, batch_per_domain: int, seed: i
     """The training batches a run of the student's kind takes: one domain's, or all the grid's."""
     if kind != "single":
         return runner.trainer.joint_train_loader(kind, batch_per_domain, seed, length_buckets)
-    tokenizer = runner.ctx.student_tokenizer
-    loader = make_loader(runner.ctx.data(domain).tokenized("train", tokenizer), batch_per_domain,
-                         tokenizer.pad_token_id, shuffle=True, seed=seed, length_buckets=length_buckets)
+    loader = runner.trainer.train_loader(runner.ctx.data(domain), runner.ctx.student_tokenizer, batch_per_domain,
+                                         seed, length_buckets)
     return runner.accelerator.prepare(loader)
 
 

@@ -41,6 +41,11 @@ class Trainer:
         return self.ctx.accelerator.prepare(make_loader(rows, 64, tokenizer.pad_token_id, shuffle=False,
                                                         by_length=True))
 
+    def train_loader(self, data: DomainData, tokenizer, batch_size: int, seed: int, length_buckets: int):
+        """One domain's training rows in batches, shuffled by `seed`."""
+        return make_loader(data.tokenized("train", tokenizer), batch_size, tokenizer.pad_token_id, shuffle=True,
+                           seed=seed, length_buckets=length_buckets)
+
     def train_and_test(self, model, compute_loss, data: DomainData, tokenizer, config: TrainConfig, seed: int,
                        desc: str, extra_modules=None, trace=None, select_best: bool = True,
                        checkpoint: Checkpoint | None = None, curves: CurveLog | None = None) -> Trained:
@@ -48,8 +53,7 @@ class Trainer:
 
         accelerator = self.ctx.accelerator
         set_seed(seed)
-        train_loader = make_loader(data.tokenized("train", tokenizer), config.batch_size, tokenizer.pad_token_id,
-                                   shuffle=True, seed=seed, length_buckets=config.length_buckets)
+        train_loader = self.train_loader(data, tokenizer, config.batch_size, seed, config.length_buckets)
         dev_loader, test_loader = (self.eval_loader(data, s, tokenizer) for s in ("dev", "test"))
         model.to(accelerator.device)
 

@@ -139,6 +139,28 @@ def test_dry_run_counts_joint_training_once(tmp_path, data_dir, capsys):
     assert torch.is_grad_enabled()
 
 
+def test_dry_run_estimates_the_students_time_at_the_rates_its_store_recorded(tmp_path, data_dir, capsys):
+    """Once finetune has run on books, the plan of another seed gives its students' time at the rate
+    that run recorded (here set to 0.01 examples a second); finetune-mix, with no run in the store,
+    is left out of the estimate and counted."""
+    argv = ["run", "--suite", "amazon", "--preset", "smoke", "--results-dir", str(tmp_path),
+            "--data-dir", str(data_dir)]
+    assert main([*argv, "--methods", "finetune", "--domains", "books", "--seeds", "1"]) == 0
+    path = tmp_path / "amazon" / "smoke" / "finetune" / "books" / "seed1.json"
+    record = json.loads(path.read_text())
+    record["train"]["examples_per_second"] = 0.01
+    path.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main([*argv, "--methods", "finetune,finetune-mix", "--domains", "books,dvd", "--seeds", "2",
+                 "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    examples = sum(int(line.split(": ")[-1].split()[0]) for line in lines if ": finetune seed 2: " in line)
+    assert examples == 2 * 96  # books and dvd, 2 epochs of 48
+    assert lines[-1] == (f"students: about {examples / 0.01 / 3600:.1f} worker-hours at the rates of the runs in "
+                         f"{tmp_path} (each method's median examples/s); 1 training(s) of methods without a run "
+                         "there not counted; teachers not counted")
+
+
 def test_dry_run_counts_a_per_domain_students_joint_teacher_on_every_domain(tmp_path, data_dir, capsys):
     """metakd's students are per domain, its meta-teacher is trained on the union of the domains."""
     assert main(["run", "--dry-run", "--methods", "metakd", "--suite", "amazon", "--preset", "smoke",

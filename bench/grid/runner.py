@@ -35,7 +35,7 @@ from bench.machine import machine_info
 from bench.models.classifier import build_classifier, load_config, misaligned_layers
 from bench.models.precision import check_native, with_precision
 from bench.plugins import Registry
-from bench.results.records import RunKey
+from bench.results.records import RunKey, recorded_rates
 from bench.teachers.store import StoredTeacher
 from bench.teachers.supply import TeacherSupply
 from bench.training.agreement import agree_on_failure
@@ -212,6 +212,7 @@ class Runner:
                  + (f" (shard {g.shard[0]}/{g.shard[1]} of {len(g.keys())} runs)" if g.shard != (1, 1) else "")]
         total = 0
         planned_teachers: set[str] = set()
+        work: list[tuple[str, int]] = []  # (method label, examples) of each student training
 
         def plan_teacher(kind: str, domains: list[str], objective: TeacherObjective | None) -> None:
             nonlocal total
@@ -235,11 +236,27 @@ class Runner:
                 plan_teacher(distiller.teacher_kind, teacher_domains, distiller.teacher_objective())
             examples = len(distiller.stages) * p.student_train.epochs * self.epoch_examples(kind, domains)
             total += examples
+            work.append((g.label(job.method), examples))
             where = job.key.domain if not job.joint else f"{','.join(g.domains)} ({kind} student)"
             lines.append(f"{where}: {job.method.name} seed {job.seed}: {examples} examples"
                          + (" (+ teacher forwards)" if distiller.teacher_kind else ""))
         lines.append(f"examples to process in all: {total}")
-        return lines
+        return lines + self._estimate(work)
+
+    def _estimate(self, work: list[tuple[str, int]]) -> list[str]:
+        """The students' training time at the rates this results dir's runs of the suite and preset
+        recorded (each method's median; on the machines and loads those ran on): nothing without them."""
+        g = self.grid
+        rates = recorded_rates(g.results_dir, g.suite.name, g.preset.name, g.train_ratio)
+        seconds = [examples / rates[label] for label, examples in work if label in rates]
+        if not seconds:
+            return []
+        hours = sum(seconds) / 3600
+        unknown = len(work) - len(seconds)
+        return [f"students: about {hours:.1f} worker-hours at the rates of the runs in {g.results_dir} "
+                f"(each method's median examples/s)"
+                + (f"; {unknown} training(s) of methods without a run there not counted" if unknown else "")
+                + "; teachers not counted"]
 
     def epoch_examples(self, kind: str, domains: Sequence[str]) -> int:
         """Rows one epoch trains on: a domain's; the union's (mix); the largest domain's times

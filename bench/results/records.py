@@ -41,8 +41,10 @@ import functools
 import json
 import logging
 import os
+import statistics
 import subprocess
 import tempfile
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -153,3 +155,17 @@ def git_state() -> dict[str, Any]:
 
 def now_utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def recorded_rates(root: str | os.PathLike, suite: str, preset: str, train_ratio: float) -> dict[str, float]:
+    """Each method's (by label) median student training rate, `train.examples_per_second`, over its
+    runs of one suite, preset and train ratio under `root`; empty where there is no store yet."""
+    if not Path(root).is_dir():
+        return {}
+    rates: dict[str, list[float]] = defaultdict(list)
+    for r in iter_results(root):
+        same = (r["suite"]["name"], r["preset"], float(r["suite"].get("train_ratio", 1.0))) == (suite, preset,
+                                                                                               train_ratio)
+        if same and (rate := (r.get("train") or {}).get("examples_per_second")):
+            rates[r["method"].get("label", r["method"]["name"])].append(rate)
+    return {method: statistics.median(values) for method, values in rates.items()}

@@ -140,9 +140,7 @@ def _measured_rows(df: pd.DataFrame, domains: list[str], metric: str, method_ord
     rows = _teacher_rows(df, domains, metric, teacher_seconds)
     present = set(df["method.name"])
     methods = [m for m in method_order or [] if m in present] + sorted(present - set(method_order or []))
-    return rows + [replace(_method_row(m, df[df["method.name"] == m], domains, metric),
-                           teacher_minutes=_teacher_minutes(df[df["method.name"] == m], teacher_seconds))
-                   for m in methods]
+    return rows + [_method_row(m, df[df["method.name"] == m], domains, metric, teacher_seconds) for m in methods]
 
 
 def _teacher_rows(df: pd.DataFrame, domains: list[str], metric: str, teacher_seconds: Mapping[str, float]) -> list[Row]:
@@ -156,13 +154,13 @@ def _teacher_rows(df: pd.DataFrame, domains: list[str], metric: str, teacher_sec
     if "teacher.objective" in with_teacher:  # a method's own teacher (Meta-KD's meta-teacher) is named by it
         kinds = with_teacher["teacher.objective"].fillna(kinds)
     names = sorted(set(kinds))
-    return [replace(_teacher_row(with_teacher[kinds == kind], domains, metric,
-                                 TEACHER_ROW if len(names) == 1 else f"{TEACHER_ROW} ({kind})"),
-                    teacher_minutes=_teacher_minutes(with_teacher[kinds == kind], teacher_seconds))
+    return [_teacher_row(with_teacher[kinds == kind], domains, metric,
+                         TEACHER_ROW if len(names) == 1 else f"{TEACHER_ROW} ({kind})", teacher_seconds)
             for kind in names]
 
 
-def _teacher_row(df: pd.DataFrame, domains: list[str], metric: str, name: str) -> Row:
+def _teacher_row(df: pd.DataFrame, domains: list[str], metric: str, name: str,
+                 teacher_seconds: Mapping[str, float]) -> Row:
     teachers = df.drop_duplicates(["teacher.key", "suite.domain"])
     column = f"teacher.test_{metric}"
     per_domain = {d: teachers.loc[teachers["suite.domain"] == d, column].dropna().tolist() for d in domains}
@@ -174,10 +172,12 @@ def _teacher_row(df: pd.DataFrame, domains: list[str], metric: str, name: str) -
                scores={**{d: Stat.of(v) for d, v in per_domain.items()}, "avg": Stat.of(average)},
                params=_largest(teachers, "teacher.params.total"),
                non_embedding=_largest(teachers, "teacher.params.non_embedding"),
-               latency_ms=latency, speedup=None if latency is None else 1.0)
+               latency_ms=latency, speedup=None if latency is None else 1.0,
+               teacher_minutes=_teacher_minutes(df, teacher_seconds))
 
 
-def _method_row(method: str, df: pd.DataFrame, domains: list[str], metric: str) -> Row:
+def _method_row(method: str, df: pd.DataFrame, domains: list[str], metric: str,
+                teacher_seconds: Mapping[str, float]) -> Row:
     """A method's average is taken per seed over all domains, then its mean (± std) over
     seeds; a method that lacks a domain has no average."""
     column = f"metrics.{metric}"
@@ -195,7 +195,8 @@ def _method_row(method: str, df: pd.DataFrame, domains: list[str], metric: str) 
                # speed-up is the median of per-run ratios, each timed in one process, not the
                # ratio of two medians that may come from differently loaded moments
                latency_ms=_median(df, STUDENT_LATENCY), speedup=_median(df, SPEEDUP),
-               train_minutes=_train_minutes(df), unconverged=int(late.sum()) if known else None,
+               train_minutes=_train_minutes(df), teacher_minutes=_teacher_minutes(df, teacher_seconds),
+               unconverged=int(late.sum()) if known else None,
                unconverged_in=frozenset(late_domains | ({"avg"} if late_domains else set())))
 
 

@@ -72,7 +72,9 @@ class SuiteSpec:
     def check_domains(self, domains: Sequence[str]) -> None:
         for d in domains:
             if d not in self.domains:
-                raise unknown_name(f"domain of suite {self.name!r}:", d, self.domains)
+                raise unknown_name(f"domain of suite {self.name!r}:", d, self.domains,
+                                   hint=f"pass --domains as a comma-separated subset of {', '.join(self.domains)}, "
+                                        "or leave it out for all")
 
 
 @dataclass
@@ -235,7 +237,8 @@ class Distiller:
         checked = {}
         for key, value in values.items():
             if key not in fields:
-                raise unknown_name(f"option of {cls.name}:", key, fields)
+                raise unknown_name(f"option of {cls.name}:", key, fields,
+                                   hint=f"write --option {cls.name}.KEY=VALUE, KEY one of {', '.join(fields)}")
             default = fields[key].default
             want = type(default) if default is not dataclasses.MISSING and default is not None else None
             if want is float and isinstance(value, int) and not isinstance(value, bool):

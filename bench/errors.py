@@ -18,11 +18,13 @@ class BenchError(Exception):
         return self.what if not self.hint else f"{self.what}\n  {self.hint}"
 
 
-def unknown_name(kind: str, name: str, known: Iterable[str], listing: str | None = None) -> BenchError:
-    """`unknown distiller 'kdd'; did you mean 'kd'?`, with a hint on where to see them all."""
+def unknown_name(kind: str, name: str, known: Iterable[str], listing: str | None = None,
+                 hint: str | None = None) -> BenchError:
+    """`unknown distiller 'kdd'; did you mean 'kd'?`, with a hint: `hint`, else where to see them all."""
     known = sorted(known)
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     what = f"unknown {kind} {name!r}"
     what += f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known) or 'none'}"
-    hint = f"see `python -m bench ls {listing}`" if listing else None
+    if hint is None and listing:
+        hint = f"see `python -m bench ls {listing}`"
     return BenchError(what, hint)

@@ -143,11 +143,14 @@ def test_overwrite_repeats_a_run_exactly(smoke_run, same_store, data_dir):
     (["--methods", "kd", "--suite", "amazn"], "unknown suite 'amazn'; did you mean 'amazon'?"),
     (["--methods", "kd", "--suite", "amazon", "--preset", "smok"], "unknown preset 'smok'; did you mean 'smoke'?"),
     (["--methods", "kd", "--suite", "amazon", "--domains", "book"], "did you mean 'books'?"),
+    (["--methods", "kd", "--suite", "amazon", "--option", "kd.alpah=0.3"],
+     "unknown option of kd: 'alpah'; did you mean 'alpha'?"),
 ])
 def test_unknown_names_exit_2_with_a_suggestion(argv, message, capsys, data_dir):
     assert main(["run", *argv, "--data-dir", str(data_dir)]) == 2
     err = capsys.readouterr().err
     assert err.splitlines()[0] == f"error: {message}" or message in err.splitlines()[0]
+    assert len(err.splitlines()) == 2 and err.splitlines()[1].startswith("  ")  # what, then what to do
     assert "Traceback" not in err
 
 

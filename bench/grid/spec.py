@@ -44,7 +44,8 @@ class Grid:
         check_precision(self.student_precision, "student")
         check_trackers(self.log_with)
         if self.teacher_cache not in CACHE_MODES:
-            raise unknown_name("teacher cache mode", self.teacher_cache, CACHE_MODES)
+            raise unknown_name("teacher cache mode", self.teacher_cache, CACHE_MODES,
+                               hint=f"set teacher_cache (--teacher-cache) to one of {', '.join(CACHE_MODES)}")
         if not 0.0 < self.train_ratio <= 1.0:
             raise BenchError(f"train ratio {self.train_ratio} is not in (0, 1]",
                              "give the fraction of each domain's training rows to keep, e.g. 0.1")

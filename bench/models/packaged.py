@@ -62,7 +62,7 @@ SPLIT: dict[str, SplitZip] = {
 def model_dir(name: str) -> Path:
     """The extracted model folder of split model `name`, assembling it on first use."""
     if name not in SPLIT:
-        raise unknown_name("split packaged model", name, SPLIT)
+        raise unknown_name("split packaged model", name, SPLIT, "plugins")
     spec = SPLIT[name]
     target = cache_root() / "models" / name
     if _is_complete(target, spec):

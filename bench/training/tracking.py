@@ -27,7 +27,8 @@ def check_trackers(names: Sequence[str]) -> None:
     utils = importlib.import_module("accelerate.utils")
     for name in names:
         if name not in known_trackers():
-            raise unknown_name("tracker", name, known_trackers())
+            raise unknown_name("tracker", name, known_trackers(),
+                               hint=f"pass --log-with one of {', '.join(known_trackers())}, or leave it out")
         if not getattr(utils, f"is_{name}_available")():
             raise BenchError(f"--log-with {name}: the {name} package is not installed",
                              f"pip install {PIP_NAMES.get(name, name)}, or leave --log-with out")

@@ -450,6 +450,31 @@ def test_teacher_training_counts_each_teachers_recorded_training_once(tmp_path):
     assert rows["tiny"].teacher_minutes == pytest.approx(2.5)
 
 
+def test_a_teacher_trained_again_with_another_result_is_shown_and_named(tmp_path, capsys):
+    """books' teacher came out at 90% for kd and, trained again under the same key, 86% for pkd: its
+    cell is their mean ± std, the average uses that mean, and the note names the teacher with both
+    scores; dvd's teacher, reused by both (the same score), counts once."""
+    runs = [record("kd", "books", 1, 0.8, teacher_acc=0.90), record("kd", "dvd", 1, 0.7, teacher_acc=0.80),
+            record("pkd", "books", 1, 0.8, teacher_acc=0.86), record("pkd", "dvd", 1, 0.7, teacher_acc=0.80)]
+    [table] = build_tables(iter_results(store(tmp_path / "r", runs)), None, ORDERS)
+    teacher = next(r for r in table.rows if r.is_teacher)
+    assert teacher.scores["books"].mean == pytest.approx(88.0)
+    assert teacher.scores["books"].std == pytest.approx(math.sqrt(8.0))
+    assert teacher.scores["dvd"].mean == pytest.approx(80.0) and teacher.scores["dvd"].std is None
+    assert teacher.scores["avg"].mean == pytest.approx(84.0)
+    assert table.retrained_teachers == ["single books (86.0, 90.0)"]
+    assert main(["report", "--results-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "1 teacher(s) were trained more than once under one store key" in out
+    assert "single books (86.0, 90.0)" in out
+    [summary] = summarize([table])
+    assert summary.retrained_teachers == table.retrained_teachers
+    # one training per teacher: no note
+    [table] = build_tables(iter_results(store(tmp_path / "one", runs[:2])), None, ORDERS)
+    assert table.retrained_teachers == []
+    assert next(r for r in table.rows if r.is_teacher).scores["avg"].mean == pytest.approx(85.0)
+
+
 def test_a_method_is_compared_with_each_other_seed_by_seed(tmp_path, capsys):
     """hrkd (one joint run per seed, 10 min) against kd (a run per domain, 2 min each): their domain
     averages differ by 4.0 and 1.0 points on the seeds both ran (kd's third seed pairs with nothing),

@@ -116,6 +116,16 @@ def _unconverged_note(table: Table) -> list[str]:
             f"before{runs}."]
 
 
+def _retrained_note(table: Table) -> list[str]:
+    """The teachers whose runs distilled from trainings with different results (bench.results.report)."""
+    named = table.retrained_teachers
+    where = "; see each suite's table" if isinstance(table, Summary) else f": {', '.join(named)}"
+    return [f"{len(named)} teacher(s) were trained more than once under one store key (on another machine, or "
+            f"with --teacher-cache refresh) and came out different, test {METRICS[table.metric]} in brackets"
+            f"{where}. Their cell is the mean ± std of those trainings; each run distilled from the one stored "
+            "when it ran."] if named else []
+
+
 def _notes(table: Table, marked: bool) -> list[str]:
     if isinstance(table, Summary):
         return [f"Each column: a table's {METRICS[table.metric]} averaged over its domains, mean ± std over seeds "
@@ -124,9 +134,9 @@ def _notes(table: Table, marked: bool) -> list[str]:
                 "columns. Student training: the runs' wall time per seed as recorded, added over the columns, "
                 "teachers not counted; runs that shared the machine with other work took longer. "
                 + TEACHER_TRAINING_NOTE,
-                *_unconverged_note(table)]
+                *_unconverged_note(table), *_retrained_note(table)]
     reported = any(r.source == "reported" for r in table.rows)
-    notes = _unconverged_note(table)
+    notes = [*_unconverged_note(table), *_retrained_note(table)]
     if marked:
         others = "the teacher and † rows are" if reported else "the teacher is"
         notes.append(f"Bold: the best measured student in each column (highest {METRICS[table.metric]} and "

@@ -71,7 +71,7 @@ def build_tables(records: Iterable[dict[str, Any]], suite: str | None, domain_or
         rows = _measured_rows(sub, domains, metric, method_order, teacher_seconds) + reported
         timing = _timing(sub, f"{suite_name}/{preset}")
         table = Table(suite_name, float(ratio), preset, metric, domains, rows, timing, _retimed(sub),
-                      unconverged=_unconverged(sub))
+                      unconverged=_unconverged(sub), retrained_teachers=_retrained_teachers(sub, domains, metric))
         if versus in set(sub["method.name"]):
             table.versus = versus
             table.comparisons = _comparisons(sub, versus, {r.method: r for r in rows if r.ranked}, domains, metric)
@@ -149,23 +149,46 @@ def _teacher_rows(df: pd.DataFrame, domains: list[str], metric: str, teacher_sec
     with_teacher = df.dropna(subset=["teacher.key"])
     if with_teacher.empty:
         return []
-    kinds = with_teacher["teacher.kind"].fillna("single") if "teacher.kind" in with_teacher else \
-        pd.Series("single", index=with_teacher.index)
-    if "teacher.objective" in with_teacher:  # a method's own teacher (Meta-KD's meta-teacher) is named by it
-        kinds = with_teacher["teacher.objective"].fillna(kinds)
+    kinds = _teacher_kinds(with_teacher)
     names = sorted(set(kinds))
     return [_teacher_row(with_teacher[kinds == kind], domains, metric,
                          TEACHER_ROW if len(names) == 1 else f"{TEACHER_ROW} ({kind})", teacher_seconds)
             for kind in names]
 
 
+def _teacher_kinds(df: pd.DataFrame) -> pd.Series:
+    """Each run's teacher row name part: its objective (Meta-KD's meta-teacher), else its kind."""
+    kinds = df["teacher.kind"].fillna("single") if "teacher.kind" in df else pd.Series("single", index=df.index)
+    return df["teacher.objective"].fillna(kinds) if "teacher.objective" in df else kinds
+
+
+def _trainings(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One line per distinct training of each (teacher, domain): a teacher trained again (on another
+    machine, whose store did not travel) under the same key can come out different in its last bits."""
+    return df.drop_duplicates(["teacher.key", "suite.domain", f"teacher.test_{metric}"])
+
+
+def _retrained_teachers(df: pd.DataFrame, domains: list[str], metric: str) -> list[str]:
+    """The (teacher, domain)s whose runs distilled from trainings with different test scores, described."""
+    with_teacher = df.dropna(subset=["teacher.key"])
+    trainings = _trainings(with_teacher, metric).assign(kind=_teacher_kinds(with_teacher))
+    described = []
+    for (kind, key, domain), group in trainings.groupby(["kind", "teacher.key", "suite.domain"], sort=False):
+        scores = sorted(group[f"teacher.test_{metric}"].dropna())
+        if len(scores) > 1:
+            described.append((kind, domains.index(domain), domain, ", ".join(f"{100 * v:.1f}" for v in scores)))
+    return [f"{kind} {domain} ({scores})" for kind, _, domain, scores in sorted(described)]
+
+
 def _teacher_row(df: pd.DataFrame, domains: list[str], metric: str, name: str,
                  teacher_seconds: Mapping[str, float]) -> Row:
     teachers = df.drop_duplicates(["teacher.key", "suite.domain"])
     column = f"teacher.test_{metric}"
-    per_domain = {d: teachers.loc[teachers["suite.domain"] == d, column].dropna().tolist() for d in domains}
-    complete = all(len(v) == 1 for v in per_domain.values())
-    average = [sum(v[0] for v in per_domain.values()) / len(domains)] if complete else []
+    # a domain's cell: its teacher's distinct trainings (one, unless it was trained again: mean ± std)
+    trainings = _trainings(df, metric)
+    per_domain = {d: trainings.loc[trainings["suite.domain"] == d, column].dropna().tolist() for d in domains}
+    complete = all(len(teachers[teachers["suite.domain"] == d]) == 1 and per_domain[d] for d in domains)
+    average = [sum(sum(v) / len(v) for v in per_domain.values()) / len(domains)] if complete else []
     # every run timed the teacher again, in its own process: take the median of all of them
     latency = _median(df, TEACHER_LATENCY)
     return Row(name, is_teacher=True,

@@ -104,6 +104,8 @@ class Table:
     versus: str | None = None  # the method compared with every other (`report --versus`), if it ran here
     comparisons: list[Versus] = field(default_factory=list)  # its own first, then the others in row order
     unconverged: list[str] = field(default_factory=list)  # the runs whose training had not converged, described
+    # the teachers (kind and domain) trained more than once with different test scores, with those scores
+    retrained_teachers: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -174,7 +176,8 @@ def summarize(tables: Sequence[Table]) -> list[Summary]:
         rows = [_summary_row(method, found) for method, found in parts.items()]
         rows.sort(key=lambda r: not r.is_teacher)  # stable: teachers first, then the methods in order
         summaries.append(Summary("summary", 1.0, preset, group[0].metric, columns, rows,
-                                 unconverged=[u for t in group for u in t.unconverged]))
+                                 unconverged=[u for t in group for u in t.unconverged],
+                                 retrained_teachers=[r for t in group for r in t.retrained_teachers]))
     return summaries
 
 

@@ -119,11 +119,11 @@ def _unconverged_note(table: Table) -> list[str]:
 def _retrained_note(table: Table) -> list[str]:
     """The teachers whose runs distilled from trainings with different results (bench.results.report)."""
     named = table.retrained_teachers
-    where = "; see each suite's table" if isinstance(table, Summary) else f": {', '.join(named)}"
+    where = (" (named under each suite's table)" if isinstance(table, Summary)
+             else f", test {METRICS[table.metric]} in brackets: {', '.join(named)}")
     return [f"{len(named)} teacher(s) were trained more than once under one store key (on another machine, or "
-            f"with --teacher-cache refresh) and came out different, test {METRICS[table.metric]} in brackets"
-            f"{where}. Their cell is the mean ± std of those trainings; each run distilled from the one stored "
-            "when it ran."] if named else []
+            f"with --teacher-cache refresh) and came out different{where}. Their cell is the mean ± std of those "
+            "trainings; each run distilled from the one stored when it ran."] if named else []
 
 
 def _notes(table: Table, marked: bool) -> list[str]:

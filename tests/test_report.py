@@ -544,12 +544,14 @@ def timed(rec, seconds):
 def test_the_summary_holds_each_tables_average_full_data_first(new_store, tmp_path, capsys):
     """A column per (suite, train ratio) of a preset, holding that table's avg cell; a paper's rows
     are left out; the teacher leads; seeds are the fewest of the row's columns; training minutes
-    add up over the columns, and are unknown where one column's runs did not record them."""
+    add up over the full-data columns, and are unknown where the row lacks one of them or its runs
+    did not record them."""
     store(new_store, [timed(record("kd", d, 1, a, ratio=0.1, student_ms=10.0), 30.0)
                       for d, a in (("books", 0.6), ("dvd", 0.5))])
     store(new_store, [timed(record("tiny", d, 1, 0.6, ratio=0.1, student_ms=5.0), 6.0) for d in ("books", "dvd")])
     store(new_store, [timed(record("tiny", d, 1, a, params=1_500_000, student_ms=5.0), 60.0)  # timed again
                       for d, a in (("books", 0.4), ("dvd", 0.65))])
+    store(new_store, [timed(record("fewshot", d, 1, 0.5, ratio=0.1, student_ms=5.0), 6.0) for d in ("books", "dvd")])
     store(new_store, [record("kd", d, 1, 0.7, preset="other", student_ms=10.0) for d in ("books", "dvd")])
     paper = tmp_path / "paper.csv"
     paper.write_text("method,books,dvd,avg\nkd (paper),90,80,85\n")
@@ -559,16 +561,18 @@ def test_the_summary_holds_each_tables_average_full_data_first(new_store, tmp_pa
     smoke = text.split("### summary (other preset)")[0]
     assert smoke.startswith("### summary (smoke preset): test accuracy (%), the average over each suite's domains")
     rows, bold = parse_markdown(smoke)
-    assert list(rows) == ["teacher", "finetune", "kd", "tiny"]  # no paper row
+    assert list(rows) == ["teacher", "finetune", "kd", "tiny", "fewshot"]  # no paper row
     assert list(rows["kd"])[:3] == ["method", "amazon", "amazon (0.1 of train)"]
     # kd's avg per seed: (80 + 70) / 2 = 75 and (90 + 60) / 2 = 75; few-shot: (60 + 50) / 2 = 55, one seed
     assert rows["kd"]["amazon"] == "75.0 ± 0.0" and rows["kd"]["amazon (0.1 of train)"] == "55.0"
     assert rows["kd"]["seeds"] == "1" and rows["finetune"]["amazon (0.1 of train)"] == "-"
     assert rows["teacher"]["amazon"] == "90.0" and rows["teacher"]["params"] == "4.0M"
     assert bold == {("kd", "amazon"), ("tiny", "amazon (0.1 of train)"), ("tiny", "params")}  # 60 > 55
-    # a run per domain: (60 + 60) s and (6 + 6) s a seed, 2.2 min; kd's full-data runs recorded no time
+    # a full-data run per domain: (60 + 60) s a seed, 2.0 min, the few-shot runs not added; kd's
+    # full-data runs recorded no time; fewshot has no full-data column, so no cost that compares
     training = "student training (min per seed)"
-    assert rows["tiny"][training] == "2.2" and rows["kd"][training] == "-" and rows["teacher"][training] == "-"
+    assert rows["tiny"][training] == "2.0" and rows["kd"][training] == "-" and rows["teacher"][training] == "-"
+    assert rows["fewshot"][training] == "-" and rows["fewshot"]["teacher training (min)"] == "-"
     rows, _ = parse_markdown(text.split("### summary (other preset)")[1])
     assert rows["kd"]["amazon"] == "70.0"
     # the full tables print the domains as before; the summary's cells are their avg cells

@@ -131,8 +131,9 @@ def _notes(table: Table, marked: bool) -> list[str]:
         return [f"Each column: a table's {METRICS[table.metric]} averaged over its domains, mean ± std over seeds "
                 "(that table gives each domain); bold: the best measured student per column, the teacher not "
                 "ranked; seeds: the fewest any of the row's columns holds; runs not converged: over all its "
-                "columns. Student training: the runs' wall time per seed as recorded, added over the columns, "
-                "teachers not counted; runs that shared the machine with other work took longer. "
+                "columns. Both training times are added over the full-data columns ('-' where a row lacks one; "
+                "a few-shot run's time is in its own table). Student training: the runs' wall time per seed as "
+                "recorded, teachers not counted; runs that shared the machine with other work took longer. "
                 + TEACHER_TRAINING_NOTE,
                 *_unconverged_note(table), *_retrained_note(table)]
     reported = any(r.source == "reported" for r in table.rows)

@@ -173,7 +173,8 @@ def summarize(tables: Sequence[Table]) -> list[Summary]:
             for row in table.rows:
                 if row.source == "measured":
                     parts.setdefault(row.method, []).append((column, row))
-        rows = [_summary_row(method, found) for method, found in parts.items()]
+        full = {c for c, t in zip(columns, group) if t.train_ratio == 1.0}
+        rows = [_summary_row(method, found, full) for method, found in parts.items()]
         rows.sort(key=lambda r: not r.is_teacher)  # stable: teachers first, then the methods in order
         summaries.append(Summary("summary", 1.0, preset, group[0].metric, columns, rows,
                                  unconverged=[u for t in group for u in t.unconverged],
@@ -181,16 +182,18 @@ def summarize(tables: Sequence[Table]) -> list[Summary]:
     return summaries
 
 
-def _summary_row(method: str, found: Sequence[tuple[str, Row]]) -> Row:
+def _summary_row(method: str, found: Sequence[tuple[str, Row]], full: set[str]) -> Row:
     """One method's rows of several tables as one row: each table's average under its column; the
-    training time added up, unknown if any table lacks it."""
+    training time added up over the full-data columns (a few-shot run's cost is its own table's), so
+    rows compare: unknown where the row lacks one of those columns or one lacks the time."""
     seeds = [r.seeds for _, r in found if r.seeds is not None]
-    minutes = [r.train_minutes for _, r in found]
-    teacher_minutes = [r.teacher_minutes for _, r in found]
+    costs = [(r.train_minutes, r.teacher_minutes) for c, r in found if c in full]
+    minutes, teacher_minutes = ([m for m, _ in costs], [t for _, t in costs])
+    complete = len(costs) == len(full)
     counts = [r.unconverged for _, r in found if r.unconverged is not None]
     return Row(method, is_teacher=found[0][1].is_teacher, scores={c: r.scores.get("avg") for c, r in found},
                seeds=min(seeds) if seeds else None, params=next((r.params for _, r in found if r.params), None),
-               train_minutes=None if None in minutes else sum(minutes),
-               teacher_minutes=None if None in teacher_minutes else sum(teacher_minutes),
+               train_minutes=sum(minutes) if complete and None not in minutes else None,
+               teacher_minutes=sum(teacher_minutes) if complete and None not in teacher_minutes else None,
                unconverged=sum(counts) if counts else None,
                unconverged_in=frozenset(c for c, r in found if r.unconverged))

@@ -4,13 +4,15 @@ latency and throughput. A public module: metric plugins use it.
 Latency is measured the way a reviewer would trust: fixed inputs, a fixed CPU thread count,
 warm-up runs first, at least 20 timed repeats, and the median with its interquartile range
 (CUDA timed with events). The teacher is timed in the same process as the student, so a
-speed-up is a ratio of two measurements taken under the same conditions.
+speed-up is a ratio of two measurements taken under the same conditions; `measure_latencies`
+times several models in turns, so that a slow spell of the machine does not fall on one alone.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -84,21 +86,41 @@ def time_forward(model: nn.Module, batch: Batch, warmup: int, repeats: int) -> l
     return times
 
 
+ROUNDS = 5  # the turns each model's timed repeats are split into when several are timed together
+
+
 def measure_latency(model: nn.Module, config: LatencyConfig, device=None) -> dict[str, Any]:
     """`{device, threads, seq_len, warmup, repeats, batch_<B>: {median_ms, iqr_ms}, ...}`."""
-    device = torch.device(device or next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
+    return measure_latencies([model], config, device)[0]
+
+
+def measure_latencies(models: Sequence[nn.Module], config: LatencyConfig, device=None) -> list[dict[str, Any]]:
+    """Each model's `measure_latency`, the models timed in turns: each of ROUNDS rounds times every
+    model's share of the repeats, so a slow spell of the machine (another process, a clock drop)
+    falls on all of them alike, not on whichever was being timed then, and their ratios hold."""
+    device = torch.device(device or next(models[0].parameters()).device)
+    was_training = [model.training for model in models]
+    for model in models:
+        model.eval()
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(config.cpu_threads)
+    shares = [config.repeats // ROUNDS + (i < config.repeats % ROUNDS) for i in range(ROUNDS)]
     try:
-        out: dict[str, Any] = {"device": device.type, "threads": torch.get_num_threads(), **{
-            k: v for k, v in asdict(config).items() if k in ("seq_len", "warmup", "repeats")}}
+        out: list[dict[str, Any]] = [{"device": device.type, "threads": torch.get_num_threads(), **{
+            k: v for k, v in asdict(config).items() if k in ("seq_len", "warmup", "repeats")}} for _ in models]
         for b in config.batch_sizes:
-            batch = latency_inputs(b, config.seq_len, model.config.vocab_size, device)
-            out[f"batch_{b}"] = _quantiles_ms(time_forward(model, batch, config.warmup, config.repeats))
+            batches = [latency_inputs(b, config.seq_len, model.config.vocab_size, device) for model in models]
+            times: list[list[float]] = [[] for _ in models]
+            for model, batch in zip(models, batches):
+                time_forward(model, batch, config.warmup, 0)
+            for share in shares:
+                for model, batch, timed in zip(models, batches, times):
+                    timed += time_forward(model, batch, 0, share)
+            for measured, timed in zip(out, times):
+                measured[f"batch_{b}"] = _quantiles_ms(timed)
     finally:
         torch.set_num_threads(threads)
-        model.train(was_training)
+        for model, training in zip(models, was_training):
+            model.train(training)
     return out

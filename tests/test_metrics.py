@@ -12,7 +12,7 @@ from bench_plugins.metrics.f1 import macro_f1
 from bench_plugins.metrics.latency import compression, speedup, student_latency, throughput
 
 from bench.api import EvalContext
-from bench.measure import LatencyConfig, latency_inputs, measure_latency, param_counts
+from bench.measure import LatencyConfig, latency_inputs, measure_latencies, measure_latency, param_counts
 from bench.models.classifier import ModelSpec, build_classifier
 from bench.plugins import get_registry
 
@@ -103,6 +103,36 @@ def test_latency_median_and_iqr_on_known_timings(monkeypatch):
     for b, ms in timed.items():
         q1, q2, q3 = np.percentile(ms, [25, 50, 75])
         assert measured[f"batch_{b}"] == {"median_ms": pytest.approx(q2), "iqr_ms": pytest.approx(q3 - q1)}
+
+
+class NamedModel(TimedModel):
+    """A TimedModel that writes its name into `passes` at each forward."""
+
+    def __init__(self, stopwatch: Stopwatch, name: str, passes: list[str]):
+        super().__init__(stopwatch)
+        self.name, self.passes = name, passes
+
+    def forward(self, batch):
+        self.passes.append(self.name)
+        super().forward(batch)
+
+
+def test_several_models_are_timed_in_turns_so_a_slow_spell_falls_on_each_alike(monkeypatch):
+    """Two models of equal speed (10 ms a pass) and a slow spell of the machine (40 ms) over 16
+    passes in a row. Timed one after the other, the spell would fall on 16 of the second model's
+    20 passes (median 40 ms, a speed-up of 4 that is not there); in turns of 4 passes each, it
+    falls on 8 of each model's 20, and both medians stay 10 ms."""
+    warmup = [1.0] * 4  # two untimed passes a model: must not count
+    timed = [0.010] * 8 + [0.040] * 16 + [0.010] * 16
+    stopwatch = Stopwatch(warmup + timed)
+    monkeypatch.setattr("bench.measure.time", SimpleNamespace(perf_counter=stopwatch.perf_counter))
+    passes: list[str] = []
+    models = [NamedModel(stopwatch, "a", passes), NamedModel(stopwatch, "b", passes)]
+    cfg = LatencyConfig(batch_sizes=(1,), seq_len=4, warmup=2, repeats=20)
+    a, b = measure_latencies(models, cfg)
+    assert passes == ["a"] * 2 + ["b"] * 2 + (["a"] * 4 + ["b"] * 4) * 5 and stopwatch.durations == []
+    assert a["batch_1"]["median_ms"] == b["batch_1"]["median_ms"] == pytest.approx(10.0)
+    assert a["repeats"] == b["repeats"] == 20 and a["threads"] == 1
 
 
 def test_speedup_throughput_and_compression_from_the_context():

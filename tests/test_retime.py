@@ -40,18 +40,19 @@ def results(smoke_results, tmp_path):
 
 def test_one_timing_per_architecture_written_into_every_result(results, monkeypatch):
     before = read_all(results)
-    timed_models = []
-    measure = bench.results.retime.measure_latency
+    sittings = []
+    measure = bench.results.retime.measure_latencies
 
-    def counting(model, config):
-        timed_models.append(len(model.heads))
-        return measure(model, config)
+    def counting(models, config, device):
+        sittings.append(sorted(len(model.heads) for model in models))
+        return measure(models, config, device)
 
-    monkeypatch.setattr(bench.results.retime, "measure_latency", counting)
+    monkeypatch.setattr(bench.results.retime, "measure_latencies", counting)
     assert main(["retime", "--results-dir", str(results)]) == 0
 
-    # the teacher, the one-head student, the two-head student: each timed once for four results
-    assert sorted(timed_models) == [1, 1, 2]
+    # the teacher, the one-head student, the two-head student: each timed once for four results,
+    # all three in turns
+    assert sittings == [[1, 1, 2]]
     after = read_all(results)
     assert sorted(after) == sorted(before)
     by_heads = {}

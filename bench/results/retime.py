@@ -4,7 +4,8 @@ Each run times its student and the preset's teacher in its own process, under wh
 machine had then, so the runs of a grid spread over days carry different timings of one and the
 same architecture. A timing depends on the architecture only (metrics marked `timed`), so one
 measurement per architecture, taken in one quiet process, serves every result that has it:
-`retime_results` takes it and writes it into each result, with a note of when and where.
+`retime_results` takes it and writes it into each result, with a note of when and where. The
+architectures are timed in turns, so a slow spell of the machine does not fall on one alone.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from bench.api import EvalContext
 from bench.data import files_suite as files
 from bench.errors import BenchError
 from bench.machine import machine_info
-from bench.measure import LatencyConfig, measure_latency
+from bench.measure import LatencyConfig, measure_latencies
 from bench.models.classifier import ModelSpec, build_classifier
 from bench.results.records import git_state, now_utc, read_result, result_paths, write_result
 
@@ -86,22 +87,16 @@ def retime_results(root: str | Path, registry, suite: str | None = None,
         todo.append((path, record, recorded_latency_config(latency), labels))
 
     stamp = {"created": now_utc(), "git": git_state(), "machine": machine_info(registry.pm)}
-    measured: dict[tuple, tuple[torch.nn.Module, dict[str, Any]]] = {}  # (spec, heads, ...) -> model, latency
-
-    def timing(spec: ModelSpec, heads: int, labels: int, config: LatencyConfig, device: str):
-        key = (spec, heads, labels, config, device)
-        if key not in measured:  # a timing does not depend on the weights: the architecture's are built
-            model = build_classifier(spec, labels, heads).to(device)
-            measured[key] = model, measure_latency(model, config)
-            log.info("%s, %d head(s): batch-%d latency %.2f ms", spec.describe(), heads, config.batch_sizes[0],
-                     measured[key][1][f"batch_{config.batch_sizes[0]}"]["median_ms"])
-        return measured[key]
-
+    keys = {}  # (spec, heads, labels, latency config, device) of each result's student and teacher
     for path, record, config, labels in todo:
         device = record["metrics"]["latency"]["device"]
-        _, teacher_latency = timing(_teacher(record), 1, labels, config, device)
-        model, student_latency = timing(*_student(record), labels, config, device)
-        ctx = EvalContext(_suite(registry, record), record["suite"]["domain"], [], [], model,
+        keys[path] = ((_teacher(record), 1, labels, config, device), (*_student(record), labels, config, device))
+    models, measured = _timings(list(dict.fromkeys(key for pair in keys.values() for key in pair)))
+
+    for path, record, config, labels in todo:
+        teacher_key, student_key = keys[path]
+        teacher_latency, student_latency = measured[teacher_key], measured[student_key]
+        ctx = EvalContext(_suite(registry, record), record["suite"]["domain"], [], [], models[student_key],
                           latency=config, teacher_latency=teacher_latency, cache={"latency": student_latency})
         for name, spec in timed.items():
             if name in record["metrics"]:
@@ -111,3 +106,18 @@ def retime_results(root: str | Path, registry, suite: str | None = None,
         record["retimed"] = stamp
         write_result(path, record)
     return [path for path, *_ in todo]
+
+
+def _timings(keys: list[tuple]) -> tuple[dict[tuple, torch.nn.Module], dict[tuple, dict[str, Any]]]:
+    """A model per (spec, heads, labels, latency config, device), and its latency: the models of one
+    config and device timed together, in turns (`measure_latencies`). A timing does not depend on
+    the weights: the architecture's are built."""
+    models = {key: build_classifier(key[0], key[2], key[1]).to(key[4]) for key in keys}
+    measured = {}
+    for config, device in dict.fromkeys((key[3], key[4]) for key in keys):
+        group = [key for key in keys if key[3:] == (config, device)]
+        for key, latency in zip(group, measure_latencies([models[key] for key in group], config, device)):
+            measured[key] = latency
+            log.info("%s, %d head(s): batch-%d latency %.2f ms", key[0].describe(), key[1], config.batch_sizes[0],
+                     latency[f"batch_{config.batch_sizes[0]}"]["median_ms"])
+    return models, measured

@@ -475,6 +475,52 @@ def test_a_teacher_trained_again_with_another_result_is_shown_and_named(tmp_path
     assert next(r for r in table.rows if r.is_teacher).scores["avg"].mean == pytest.approx(85.0)
 
 
+def labelled(rec, labels, *, kind=None):
+    """`rec` with its test labels stored (as `bench run` writes them) and, given `kind`, its teacher's
+    objective and a store key of that teacher's own."""
+    rec["test"] = {"labels": labels, "predictions": labels}
+    if kind is not None:
+        rec["teacher"] |= {"objective": kind, "key": f"{kind}-{rec['suite']['domain']}"}
+    return rec
+
+
+LABELS = {"books": "0011", "dvd": "0001"}  # most frequent label: 50% of books, 75% of dvd; 62.5% averaged
+
+
+def test_a_teacher_that_had_not_learnt_the_task_is_named_with_the_students_it_taught(tmp_path, capsys):
+    """kd's teachers average 72.0%, less than 10 points above the 62.5% of always answering each test
+    set's most frequent label: the note names that teacher with kd, whose rank means nothing; metakd's
+    meta-teacher (90%) learnt. With kd alone no teacher learnt: the table says it cannot rank. At 73.5%
+    kd's teacher counts as learnt; runs that kept no labels are not judged."""
+    kd = [labelled(record("kd", d, 1, 0.6, teacher_acc=a), LABELS[d]) for d, a in (("books", 0.70), ("dvd", 0.74))]
+    metakd = [labelled(record("metakd", d, 1, 0.8, teacher_acc=0.9), LABELS[d], kind="meta-teacher")
+              for d in ("books", "dvd")]
+    root = store(tmp_path / "r", kd + metakd)
+    [table] = build_tables(iter_results(root), None, ORDERS)
+    assert table.majority == pytest.approx(62.5)
+    assert table.unlearnt_teachers == ["single 72.0 (kd)"]
+    assert main(["report", "--results-dir", str(root), "--versus", "metakd"]) == 0
+    text = capsys.readouterr().out
+    note = ("1 teacher(s) averaged less than 10 points of test accuracy above the 62.5% of always answering the "
+            "test set's most frequent label, so the students distilled from them (in brackets) cannot be ranked: "
+            "single 72.0 (kd).")
+    assert note in text.splitlines()  # under the table
+    assert text.count(note) == 2  # and under the comparison, beside its p-values
+    assert "cannot rank the methods" not in text
+    [summary] = summarize([table])
+    assert summary.unlearnt_teachers == ["amazon: single 72.0 (kd)"]
+    assert "so the students distilled from them cannot be ranked there: amazon: single 72.0 (kd)." in render(summary)
+
+    [table] = build_tables(iter_results(store(tmp_path / "kd", kd)), None, ORDERS)
+    assert render(table).count("No teacher here learnt the task: this table cannot rank the methods. ") == 1
+    learnt = [labelled(record("kd", d, 1, 0.6, teacher_acc=a), LABELS[d]) for d, a in (("books", 0.70), ("dvd", 0.77))]
+    [table] = build_tables(iter_results(store(tmp_path / "learnt", learnt)), None, ORDERS)
+    assert table.unlearnt_teachers == [] and "learnt the task" not in render(table)
+    [table] = build_tables(iter_results(store(tmp_path / "old", [record("kd", d, 1, 0.6, teacher_acc=0.5)
+                                                                   for d in ("books", "dvd")])), None, ORDERS)
+    assert (table.majority, table.unlearnt_teachers) == (None, [])
+
+
 def test_a_method_is_compared_with_each_other_seed_by_seed(tmp_path, capsys):
     """hrkd (one joint run per seed, 10 min) against kd (a run per domain, 2 min each): their domain
     averages differ by 4.0 and 1.0 points on the seeds both ran (kd's third seed pairs with nothing),
@@ -649,6 +695,24 @@ def test_a_run_that_had_not_converged_marks_its_cells_and_the_summary_counts_it(
     assert rows["finetune"]["amazon"] == "62.5"
     assert ("‡ 2 run(s) behind the cell had not converged: the mean dev accuracy of the last quarter of training "
             "was at least 1 point above the quarter before.") in text.splitlines()
+
+
+def test_runs_whose_convergence_is_unknown_are_counted_not_taken_for_converged(tmp_path, capsys):
+    """A training too short for its eval_every (one dev evaluation, at its last step) cannot be judged:
+    the table counts such runs per method and the summary per column; judged runs are not counted."""
+    runs = [converged(record("kd", d, 1, 0.7), True, 0.1) for d in ("books", "dvd")]
+    runs += [record("pkd", d, 1, 0.7) for d in ("books", "dvd")]  # history: one evaluation, at step 10
+    runs += [record("pkd", d, 1, 0.6, ratio=0.1) for d in ("books", "dvd")]
+    few, full = build_tables(iter_results(store(tmp_path / "r", runs)), None, ORDERS)
+    assert full.unjudged == {"pkd": 2} and few.unjudged == {"pkd": 2}
+    assert ("Whether 2 run(s) had converged is unknown (pkd 2): the last two quarters of their training did not "
+            "each hold a dev evaluation (too short a training for the preset's eval_every; a smaller one would "
+            "judge it).") in render(full).splitlines()
+    [summary] = summarize([few, full])
+    assert summary.unjudged == {"amazon": 2, "amazon (0.1 of train)": 2}
+    assert "Whether 4 run(s) had converged is unknown (amazon 2, amazon (0.1 of train) 2)" in render(summary)
+    [table] = build_tables(iter_results(store(tmp_path / "judged", runs[:2])), None, ORDERS)
+    assert table.unjudged == {} and "Whether" not in render(table)
 
 
 def test_records_written_before_convergence_was_recorded_get_it_from_their_dev_history(tmp_path):

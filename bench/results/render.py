@@ -15,7 +15,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.results.convergence import MIN_GAIN
-from bench.results.report import build_tables
+from bench.results.report import LEARNT_MARGIN, build_tables
 from bench.results.significance import SIGNIFICANT
 from bench.results.tables import FORMATS, METRICS, REPORTED_NOTE, Column, Row, Summary, Table, summarize
 
@@ -116,6 +116,15 @@ def _unconverged_note(table: Table) -> list[str]:
             f"before{runs}."]
 
 
+def _unjudged_note(table: Table) -> list[str]:
+    if not table.unjudged:
+        return []
+    counts = ", ".join(f"{k} {n}" for k, n in table.unjudged.items())
+    return [f"Whether {sum(table.unjudged.values())} run(s) had converged is unknown ({counts}): the last two quarters "
+            "of their training did not each hold a dev evaluation (too short a training for the preset's eval_every; "
+            "a smaller one would judge it)."]
+
+
 def _retrained_note(table: Table) -> list[str]:
     """The teachers whose runs distilled from trainings with different results (bench.results.report)."""
     named = table.retrained_teachers
@@ -124,6 +133,23 @@ def _retrained_note(table: Table) -> list[str]:
     return [f"{len(named)} teacher(s) were trained more than once under one store key (on another machine, or "
             f"with --teacher-cache refresh) and came out different{where}. Their cell is the mean ± std of those "
             "trainings; each run distilled from the one stored when it ran."] if named else []
+
+
+def _unlearnt_note(table: Table) -> list[str]:
+    """The teachers that had not learnt the task (bench.results.report), and what that leaves to rank."""
+    named = table.unlearnt_teachers
+    if not named:
+        return []
+    if isinstance(table, Summary):
+        return ["Some teachers had not learnt the task (as each suite's table says: less than "
+                f"{100 * LEARNT_MARGIN:g} points of test accuracy above always answering the most frequent label), "
+                f"so the students distilled from them cannot be ranked there: {'; '.join(named)}."]
+    teachers = sum(r.is_teacher for r in table.rows)
+    verdict = ("No teacher here learnt the task: this table cannot rank the methods. " if len(named) == teachers
+               else "")
+    return [f"{verdict}{len(named)} teacher(s) averaged less than {100 * LEARNT_MARGIN:g} points of test accuracy "
+            f"above the {table.majority:.1f}% of always answering the test set's most frequent label, so the "
+            f"students distilled from them (in brackets) cannot be ranked: {', '.join(named)}."]
 
 
 def _notes(table: Table, marked: bool) -> list[str]:
@@ -135,9 +161,10 @@ def _notes(table: Table, marked: bool) -> list[str]:
                 "a few-shot run's time is in its own table). Student training: the runs' wall time per seed as "
                 "recorded, teachers not counted; runs that shared the machine with other work took longer. "
                 + TEACHER_TRAINING_NOTE,
-                *_unconverged_note(table), *_retrained_note(table)]
+                *_unlearnt_note(table), *_unconverged_note(table), *_unjudged_note(table),
+                *_retrained_note(table)]
     reported = any(r.source == "reported" for r in table.rows)
-    notes = [*_unconverged_note(table), *_retrained_note(table)]
+    notes = [*_unlearnt_note(table), *_unconverged_note(table), *_unjudged_note(table), *_retrained_note(table)]
     if marked:
         others = "the teacher and † rows are" if reported else "the teacher is"
         notes.append(f"Bold: the best measured student in each column (highest {METRICS[table.metric]} and "
@@ -194,6 +221,7 @@ def _versus_grid(table: Table, markup: Markup) -> tuple[str, list[str], list[lis
             f"pooled; bold: p < {SIGNIFICANT:g}; '-': no seed both ran, or a run kept no predictions. Student "
             "training: the runs' wall time per seed as recorded, teachers not counted; runs that shared the "
             f"machine with other work took longer. {TEACHER_TRAINING_NOTE}")
+    note = " ".join([note, *_unlearnt_note(table)])
     return escape(f"{table.name}: {ours} against each method"), [escape(h) for h in headers], body, escape(note)
 
 

@@ -11,6 +11,7 @@ them; bench/results/paper.py reads rows a paper reports.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -29,6 +30,11 @@ STUDENT_LATENCY = "metrics.latency.batch_1.median_ms"
 TEACHER_LATENCY = "teacher.latency.batch_1.median_ms"
 SPEEDUP = "metrics.speedup.batch_1"
 TIMING_FIELDS = ("device", "threads", "seq_len")
+# a teacher whose test accuracy is less than this above always answering the most frequent label has not
+# learnt the task: what a student distils from it says nothing of the method (MNLI's test sets, 35.7% that
+# way: teachers trained on a tenth of their training pairs came out 3 to 15 points above it, on all of them
+# 28 to 33)
+LEARNT_MARGIN = 0.10
 
 
 def to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -70,8 +76,12 @@ def build_tables(records: Iterable[dict[str, Any]], suite: str | None, domain_or
         reported = [replace(r, scores=dict(r.scores)) for r in paper or []]
         rows = _measured_rows(sub, domains, metric, method_order, teacher_seconds) + reported
         timing = _timing(sub, f"{suite_name}/{preset}")
+        majority = _majority(sub, domains)
         table = Table(suite_name, float(ratio), preset, metric, domains, rows, timing, _retimed(sub),
-                      unconverged=_unconverged(sub), retrained_teachers=_retrained_teachers(sub, domains, metric))
+                      unconverged=_unconverged(sub), unjudged=_unjudged(sub),
+                      retrained_teachers=_retrained_teachers(sub, domains, metric),
+                      unlearnt_teachers=_unlearnt_teachers(sub, domains, majority),
+                      majority=None if majority is None else 100 * majority)
         if versus in set(sub["method.name"]):
             table.versus = versus
             table.comparisons = _comparisons(sub, versus, {r.method: r for r in rows if r.ranked}, domains, metric)
@@ -122,6 +132,11 @@ def _unconverged(df: pd.DataFrame) -> list[str]:
     late = df[df["train.converged"].eq(False)].sort_values(["method.name", "suite.domain", "seed"])
     return [f"{m} {d} seed {s} (+{g:.1f})" for m, d, s, g in
             late[["method.name", "suite.domain", "seed", "train.last_quarter_gain"]].itertuples(index=False)]
+
+
+def _unjudged(df: pd.DataFrame) -> dict[str, int]:
+    """The methods with runs whose convergence is unknown (bench.results.convergence), and how many."""
+    return {str(m): int(n) for m, n in df[df["train.converged"].isna()].groupby("method.name").size().items()}
 
 
 def _with_columns(df: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -178,6 +193,42 @@ def _retrained_teachers(df: pd.DataFrame, domains: list[str], metric: str) -> li
         if len(scores) > 1:
             described.append((kind, domains.index(domain), domain, ", ".join(f"{100 * v:.1f}" for v in scores)))
     return [f"{kind} {domain} ({scores})" for kind, _, domain, scores in sorted(described)]
+
+
+def _majority(df: pd.DataFrame, domains: list[str]) -> float | None:
+    """The accuracy of answering each domain's most frequent test label, averaged over the domains;
+    None where a domain's runs kept no test labels (written before they were recorded)."""
+    rates = []
+    for domain in domains:
+        labels = df.loc[df["suite.domain"] == domain, "test.labels"].dropna()
+        if labels.empty:
+            return None
+        counts = Counter(decode_labels(labels.iloc[0]))  # every run of a table tested on the same data
+        rates.append(max(counts.values()) / sum(counts.values()))
+    return sum(rates) / len(rates)
+
+
+def _unlearnt_teachers(df: pd.DataFrame, domains: list[str], majority: float | None) -> list[str]:
+    """The teachers (by kind) whose test accuracy, averaged over the domains, is less than LEARNT_MARGIN
+    above `majority`, each with that average and the methods distilled from it. Judged on accuracy
+    whatever the table's metric: the question is whether the task was learnt."""
+    with_teacher = df.dropna(subset=["teacher.key"])
+    if majority is None or with_teacher.empty:
+        return []
+    kinds = _teacher_kinds(with_teacher)
+    described = []
+    for kind in sorted(set(kinds)):
+        runs = with_teacher[kinds == kind]
+        trainings = _trainings(runs, "accuracy")
+        scores = [trainings.loc[trainings["suite.domain"] == d, "teacher.test_accuracy"].dropna().mean()
+                  for d in domains]
+        if any(pd.isna(v) for v in scores):
+            continue
+        average = sum(scores) / len(scores)
+        if average < majority + LEARNT_MARGIN:
+            methods = ", ".join(sorted(set(runs["method.name"])))
+            described.append(f"{kind} {100 * average:.1f} ({methods})")
+    return described
 
 
 def _teacher_row(df: pd.DataFrame, domains: list[str], metric: str, name: str,

@@ -104,8 +104,13 @@ class Table:
     versus: str | None = None  # the method compared with every other (`report --versus`), if it ran here
     comparisons: list[Versus] = field(default_factory=list)  # its own first, then the others in row order
     unconverged: list[str] = field(default_factory=list)  # the runs whose training had not converged, described
+    unjudged: dict[str, int] = field(default_factory=dict)  # method -> its runs whose convergence is unknown
     # the teachers (kind and domain) trained more than once with different test scores, with those scores
     retrained_teachers: list[str] = field(default_factory=list)
+    # the teachers that had not learnt the task (bench.results.report.LEARNT_MARGIN), each with its average
+    # test accuracy and the methods distilled from it: "multi 38.7 (hrkd)"; the summary's, a column's all in one
+    unlearnt_teachers: list[str] = field(default_factory=list)
+    majority: float | None = None  # answering each test set's most frequent label: its accuracy (%), averaged
 
     @property
     def name(self) -> str:
@@ -178,7 +183,10 @@ def summarize(tables: Sequence[Table]) -> list[Summary]:
         rows.sort(key=lambda r: not r.is_teacher)  # stable: teachers first, then the methods in order
         summaries.append(Summary("summary", 1.0, preset, group[0].metric, columns, rows,
                                  unconverged=[u for t in group for u in t.unconverged],
-                                 retrained_teachers=[r for t in group for r in t.retrained_teachers]))
+                                 unjudged={c: sum(t.unjudged.values()) for c, t in zip(columns, group) if t.unjudged},
+                                 retrained_teachers=[r for t in group for r in t.retrained_teachers],
+                                 unlearnt_teachers=[f"{c}: {', '.join(t.unlearnt_teachers)}"
+                                                    for c, t in zip(columns, group) if t.unlearnt_teachers]))
     return summaries
 
 

@@ -490,8 +490,8 @@ LABELS = {"books": "0011", "dvd": "0001"}  # most frequent label: 50% of books, 
 def test_a_teacher_that_had_not_learnt_the_task_is_named_with_the_students_it_taught(tmp_path, capsys):
     """kd's teachers average 72.0%, less than 10 points above the 62.5% of always answering each test
     set's most frequent label: the note names that teacher with kd, whose rank means nothing; metakd's
-    meta-teacher (90%) learnt. With kd alone no teacher learnt: the table says it cannot rank. At 73.5%
-    kd's teacher counts as learnt; runs that kept no labels are not judged."""
+    meta-teacher (90%) learnt. Beside finetune alone no teacher learnt: the table says it cannot rank
+    and bolds no score. At 73.5% kd's teacher counts as learnt; runs that kept no labels are not judged."""
     kd = [labelled(record("kd", d, 1, 0.6, teacher_acc=a), LABELS[d]) for d, a in (("books", 0.70), ("dvd", 0.74))]
     metakd = [labelled(record("metakd", d, 1, 0.8, teacher_acc=0.9), LABELS[d], kind="meta-teacher")
               for d in ("books", "dvd")]
@@ -511,8 +511,17 @@ def test_a_teacher_that_had_not_learnt_the_task_is_named_with_the_students_it_ta
     assert summary.unlearnt_teachers == ["amazon: single 72.0 (kd)"]
     assert "so the students distilled from them cannot be ranked there: amazon: single 72.0 (kd)." in render(summary)
 
-    [table] = build_tables(iter_results(store(tmp_path / "kd", kd)), None, ORDERS)
-    assert render(table).count("No teacher here learnt the task: this table cannot rank the methods. ") == 1
+    assert table.unranked == frozenset()  # metakd's teacher learnt: its scores may be bold
+    [table] = build_tables(iter_results(store(tmp_path / "kd", kd + [record("finetune", d, 1, 0.5)
+                                                                       for d in ("books", "dvd")])), None, ORDERS)
+    assert table.unranked == {"books", "dvd", "avg"}
+    text = render(table)
+    assert text.count("No teacher here learnt the task: this table cannot rank the methods (no score is bold). ") == 1
+    rows, bold = parse_markdown(text)
+    assert bold == set() and rows["kd"]["avg"] == "60.0"  # above finetune's 50.0, yet plain
+    [summary] = summarize([table])
+    assert summary.unranked == {"amazon"} and " No teacher learnt it in amazon: no score is bold there." in \
+        render(summary)
     learnt = [labelled(record("kd", d, 1, 0.6, teacher_acc=a), LABELS[d]) for d, a in (("books", 0.70), ("dvd", 0.77))]
     [table] = build_tables(iter_results(store(tmp_path / "learnt", learnt)), None, ORDERS)
     assert table.unlearnt_teachers == [] and "learnt the task" not in render(table)

@@ -73,10 +73,11 @@ def _value(row: Row, column: Column) -> Any:
 
 def best_cells(table: Table) -> set[tuple[int, str]]:
     """(row index, column key) of the best measured student per ranked column, compared as
-    printed, so ties are all marked. A column where no student beats another gets no mark."""
+    printed, so ties are all marked. A column where no student beats another gets no mark, nor one
+    that ranks nothing (`Table.unranked`)."""
     marked = set()
     for column in table.columns:
-        if column.best is None:
+        if column.best is None or column.key in table.unranked:
             continue
         shown = {i: float(_number(column, v)) for i, r in enumerate(table.rows)
                  if r.ranked and (v := _value(r, column)) is not None}
@@ -143,10 +144,11 @@ def _unlearnt_note(table: Table) -> list[str]:
     if isinstance(table, Summary):
         return ["Some teachers had not learnt the task (as each suite's table says: less than "
                 f"{100 * LEARNT_MARGIN:g} points of test accuracy above always answering the most frequent label), "
-                f"so the students distilled from them cannot be ranked there: {'; '.join(named)}."]
-    teachers = sum(r.is_teacher for r in table.rows)
-    verdict = ("No teacher here learnt the task: this table cannot rank the methods. " if len(named) == teachers
-               else "")
+                f"so the students distilled from them cannot be ranked there: {'; '.join(named)}."
+                + (f" No teacher learnt it in {', '.join(sorted(table.unranked))}: no score is bold there."
+                   if table.unranked else "")]
+    verdict = "No teacher here learnt the task: this table cannot rank the methods (no score is bold). " \
+        if table.unranked else ""
     return [f"{verdict}{len(named)} teacher(s) averaged less than {100 * LEARNT_MARGIN:g} points of test accuracy "
             f"above the {table.majority:.1f}% of always answering the test set's most frequent label, so the "
             f"students distilled from them (in brackets) cannot be ranked: {', '.join(named)}."]

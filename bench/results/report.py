@@ -77,11 +77,13 @@ def build_tables(records: Iterable[dict[str, Any]], suite: str | None, domain_or
         rows = _measured_rows(sub, domains, metric, method_order, teacher_seconds) + reported
         timing = _timing(sub, f"{suite_name}/{preset}")
         majority = _majority(sub, domains)
+        unlearnt = _unlearnt_teachers(sub, domains, majority)
+        none_learnt = bool(unlearnt) and len(unlearnt) == sum(r.is_teacher for r in rows)
         table = Table(suite_name, float(ratio), preset, metric, domains, rows, timing, _retimed(sub),
                       unconverged=_unconverged(sub), unjudged=_unjudged(sub),
-                      retrained_teachers=_retrained_teachers(sub, domains, metric),
-                      unlearnt_teachers=_unlearnt_teachers(sub, domains, majority),
-                      majority=None if majority is None else 100 * majority)
+                      retrained_teachers=_retrained_teachers(sub, domains, metric), unlearnt_teachers=unlearnt,
+                      majority=None if majority is None else 100 * majority,
+                      unranked=frozenset([*domains, "avg"]) if none_learnt else frozenset())
         if versus in set(sub["method.name"]):
             table.versus = versus
             table.comparisons = _comparisons(sub, versus, {r.method: r for r in rows if r.ranked}, domains, metric)

@@ -111,6 +111,9 @@ class Table:
     # test accuracy and the methods distilled from it: "multi 38.7 (hrkd)"; the summary's, a column's all in one
     unlearnt_teachers: list[str] = field(default_factory=list)
     majority: float | None = None  # answering each test set's most frequent label: its accuracy (%), averaged
+    # score columns that rank nothing, so none of their cells is bold: every column of a table none of whose
+    # teachers learnt the task; the summary's, the columns of such tables
+    unranked: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -186,7 +189,8 @@ def summarize(tables: Sequence[Table]) -> list[Summary]:
                                  unjudged={c: sum(t.unjudged.values()) for c, t in zip(columns, group) if t.unjudged},
                                  retrained_teachers=[r for t in group for r in t.retrained_teachers],
                                  unlearnt_teachers=[f"{c}: {', '.join(t.unlearnt_teachers)}"
-                                                    for c, t in zip(columns, group) if t.unlearnt_teachers]))
+                                                    for c, t in zip(columns, group) if t.unlearnt_teachers],
+                                 unranked=frozenset(c for c, t in zip(columns, group) if t.unranked)))
     return summaries
 
 

@@ -221,25 +221,28 @@ def _unlearnt_teachers(df: pd.DataFrame, domains: list[str], majority: float | N
     described = []
     for kind in sorted(set(kinds)):
         runs = with_teacher[kinds == kind]
-        trainings = _trainings(runs, "accuracy")
-        scores = [trainings.loc[trainings["suite.domain"] == d, "teacher.test_accuracy"].dropna().mean()
-                  for d in domains]
-        if any(pd.isna(v) for v in scores):
+        per_domain = _teacher_scores(runs, domains, "accuracy")
+        if not all(per_domain.values()):
             continue
-        average = sum(scores) / len(scores)
+        average = sum(sum(v) / len(v) for v in per_domain.values()) / len(domains)
         if average < majority + LEARNT_MARGIN:
             methods = ", ".join(sorted(set(runs["method.name"])))
             described.append(f"{kind} {100 * average:.1f} ({methods})")
     return described
 
 
+def _teacher_scores(df: pd.DataFrame, domains: list[str], metric: str) -> dict[str, list[float]]:
+    """Each domain's teacher test scores, one per distinct training (one, unless it was trained again)."""
+    trainings = _trainings(df, metric)
+    column = f"teacher.test_{metric}"
+    return {d: trainings.loc[trainings["suite.domain"] == d, column].dropna().tolist() for d in domains}
+
+
 def _teacher_row(df: pd.DataFrame, domains: list[str], metric: str, name: str,
                  teacher_seconds: Mapping[str, float]) -> Row:
     teachers = df.drop_duplicates(["teacher.key", "suite.domain"])
-    column = f"teacher.test_{metric}"
-    # a domain's cell: its teacher's distinct trainings (one, unless it was trained again: mean ± std)
-    trainings = _trainings(df, metric)
-    per_domain = {d: trainings.loc[trainings["suite.domain"] == d, column].dropna().tolist() for d in domains}
+    # a domain's cell: its teacher's distinct trainings (mean ± std where it was trained again)
+    per_domain = _teacher_scores(df, domains, metric)
     complete = all(len(teachers[teachers["suite.domain"] == d]) == 1 and per_domain[d] for d in domains)
     average = [sum(sum(v) / len(v) for v in per_domain.values()) / len(domains)] if complete else []
     # every run timed the teacher again, in its own process: take the median of all of them

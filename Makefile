@@ -44,9 +44,9 @@ bench: $(STAMP)
 ALL_METHODS := finetune,finetune-mix,finetune-mtl,kd,pkd,tinybert,minilm,metakd,hrkd,hrkd-nohier,hrkd-nograph
 FEW_SHOT_METHODS := finetune,tinybert,metakd,hrkd
 # Seed by seed, so that a grid stopped part-way leaves whole seeds of every method behind.
-# Few-shot: 0.1 and 0.01 are the paper's ratios, of its 393k pairs; of this subset's 3,450-3,850 pairs a
-# genre the single and multi teachers learn from neither. 0.25 keeps about as many pairs a genre as the paper's 1%
-# (docs/RESULTS.md).
+# Few-shot: 0.1 and 0.01 are the paper's ratios, of its 393k pairs; from as much of this subset's
+# 3,450-3,850 pairs a genre the single and multi teachers learn nothing. 0.25 keeps about as many
+# pairs a genre as the paper's 1% (docs/RESULTS.md).
 grid: $(STAMP)
 	for suite in amazon mnli; do for seed in 1 2 3; do \
 	  BENCH_DATA_DIR=$(DATA_DIR) $(PY) -m bench run --methods $(ALL_METHODS) --suite $$suite --seeds $$seed \

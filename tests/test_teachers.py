@@ -55,6 +55,32 @@ def stored_teacher(store, kind, shift):
     return teacher_key(identity), get_or_train_teacher(identity, 2, train, store)
 
 
+def test_ls_gives_each_teachers_gain_in_its_last_quarter(capsys):
+    """Judged as a student's convergence is: the mean dev accuracy of the evaluations in the last
+    quarter of the steps over the mean of those in the quarter before; a multi teacher by its worst
+    domain."""
+    store = TeacherStore()
+    curves = {"single": [{"step": s, "dev_accuracy": a} for s, a in ((60, 0.50), (70, 0.52), (80, 0.55), (100, 0.56))],
+              "multi": [{"step": s, "dev_accuracy": 0.0, "dev": {"books": b, "dvd": d}}
+                        for s, b, d in ((60, 0.50, 0.70), (80, 0.52, 0.60), (100, 0.53, 0.61))]}
+    keys = {}
+    for kind, history in curves.items():
+        keys[kind], _ = stored_teacher(store, kind, 1e-3)
+        meta = store.path(keys[kind]) / "teacher.json"
+        info = json.loads(meta.read_text())
+        info["identity"]["sizes"] = {"train": 8} if kind == "single" else {d: {"train": 8} for d in ("books", "dvd")}
+        meta.write_text(json.dumps({**info, "steps": 100, "history": history,
+                                    **({"domains": {"books": {}, "dvd": {}}} if kind == "multi" else {})}))
+    assert main(["teacher", "ls"]) == 0
+    rows = {cells[1]: cells for cells in ([c.strip() for c in line.split("|")]
+                                          for line in capsys.readouterr().out.splitlines())}
+    column = rows["key"].index("last ¼ gain")
+    gain = {kind: float(rows[key][column]) for kind, key in keys.items()}
+    # steps 50 < s <= 75 against s > 75; multi: books rose 2.5 points, dvd fell 9.5
+    assert gain["single"] == pytest.approx(100 * ((0.55 + 0.56) / 2 - (0.50 + 0.52) / 2))
+    assert gain["multi"] == pytest.approx(100 * ((0.52 + 0.53) / 2 - 0.50))
+
+
 @pytest.mark.parametrize("kind", ["single", "multi"])
 def test_the_store_keeps_a_digest_of_each_teachers_weights(tmp_path, kind):
     """Recorded when the teacher is stored (a multi teacher: one per domain's checkpoint) and read back

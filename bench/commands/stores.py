@@ -58,7 +58,8 @@ def cmd_teacher(args) -> int:
                  "domain": info["identity"].get("domain") or ",".join(info["identity"]["domains"]),
                  "kind": info["identity"]["kind"],
                  "train rows": _train_rows(info["identity"]["sizes"]), "dev acc": round(info["dev_accuracy"], 4),
-                 "test acc": round(info["test_accuracy"], 4), "train s": info.get("wall_seconds")}
+                 "test acc": round(info["test_accuracy"], 4), "last ¼ gain": _last_quarter_gain(info),
+                 "train s": info.get("wall_seconds")}
                 for key, info in store.entries()]
         print(render_rows(rows) if rows else f"no teachers stored in {store.root}")
     else:
@@ -93,6 +94,17 @@ def cmd_cache(args) -> int:
         shutil.rmtree(outputs_root() / c["key"], ignore_errors=True)
     print(f"removed {len(chosen)} teacher-output cache(s), {sum(c['bytes'] for c in chosen) / 2**20:.1f} MB")
     return 0
+
+
+def _last_quarter_gain(info: dict) -> float | None:
+    """Points the teacher's dev accuracy gained in the last quarter of its steps (the rule that marks a
+    student unconverged at one point or more); a joint teacher's worst domain. None: too few evaluations."""
+    from bench.results.convergence import convergence
+
+    history, steps = info.get("history") or [], info.get("steps") or 0
+    gains = [convergence(history, steps, domain)["last_quarter_gain"] for domain in info.get("domains") or [None]]
+    known = [g for g in gains if g is not None]
+    return max(known) if known else None
 
 
 def _train_rows(sizes: dict) -> int:

@@ -888,3 +888,17 @@ def test_runs_on_other_data_are_never_averaged(tmp_path):
     assert what == ("amazon/smoke: the runs on books were not all on the same data (suite version 1, data "
                     "aaaaaaaaaaaa: kd seed 1; suite version 2, data bbbbbbbbbbbb: kd seed 2)")
     assert hint.strip().startswith("report runs of one data version together")
+
+
+def test_training_minutes_per_seed_count_only_the_seeds_run_on_every_domain(tmp_path):
+    """kd took 2 + 2 min on seeds 1 and 2; its seed 3 has books only (1 min so far): still 4.0 min a
+    seed, not (4 + 4 + 1) / 3. finetune, with no seed on both domains, has no figure."""
+    def timed(rec, seconds):
+        rec["timings"] = {"train_seconds": seconds}
+        return rec
+
+    runs = [timed(record("kd", d, s, 0.7), 120.0) for s in (1, 2) for d in ("books", "dvd")]
+    runs += [timed(record("kd", "books", 3, 0.7), 60.0), timed(record("finetune", "books", 1, 0.6), 60.0)]
+    [table] = build_tables(iter_results(store(tmp_path / "r", runs)), None, ORDERS)
+    rows = {row.method: row for row in table.rows}
+    assert rows["kd"].train_minutes == pytest.approx(4.0) and rows["finetune"].train_minutes is None

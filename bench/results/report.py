@@ -274,7 +274,7 @@ def _method_row(method: str, df: pd.DataFrame, domains: list[str], metric: str,
                # speed-up is the median of per-run ratios, each timed in one process, not the
                # ratio of two medians that may come from differently loaded moments
                latency_ms=_median(df, STUDENT_LATENCY), speedup=_median(df, SPEEDUP),
-               train_minutes=_train_minutes(df), teacher_minutes=_teacher_minutes(df, teacher_seconds),
+               train_minutes=_train_minutes(df, domains), teacher_minutes=_teacher_minutes(df, teacher_seconds),
                unconverged=int(late.sum()) if known else None,
                unconverged_in=frozenset(late_domains | ({"avg"} if late_domains else set())))
 
@@ -325,15 +325,16 @@ def _paired_test(df: pd.DataFrame, ours: str, theirs: str, seeds: Sequence[int],
     return pooled(pairs) if pairs else None
 
 
-def _train_minutes(df: pd.DataFrame) -> float | None:
-    """Student training per seed, in minutes: a run per domain adds up; a run on all domains at once
+def _train_minutes(df: pd.DataFrame, domains: Sequence[str]) -> float | None:
+    """Student training per seed, in minutes, over the seeds run on every domain (a seed still
+    under way would pull the mean down): a run per domain adds up; a run on all domains at once
     (multi, mix) writes the same time into each domain's record, counted once."""
     if "timings.train_seconds" not in df or df["timings.train_seconds"].isna().any():
         return None
     joint = df.get("method.student_kind", pd.Series("single", index=df.index)).isin(["multi", "mix"])
     per_seed = [(g["timings.train_seconds"].iloc[0] if joint[g.index].all() else g["timings.train_seconds"].sum())
-                for _, g in df.groupby("seed")]
-    return float(sum(per_seed) / len(per_seed) / 60)
+                for _, g in df.groupby("seed") if set(domains) <= set(g["suite.domain"])]
+    return float(sum(per_seed) / len(per_seed) / 60) if per_seed else None
 
 
 def _teacher_seconds(df: pd.DataFrame) -> dict[str, float]:

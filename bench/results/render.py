@@ -160,8 +160,9 @@ def _notes(table: Table, marked: bool) -> list[str]:
                 "(that table gives each domain); bold: the best measured student per column, the teacher not "
                 "ranked; seeds: the fewest any of the row's columns holds; runs not converged: over all its "
                 "columns. Both training times are added over the full-data columns ('-' where a row lacks one; "
-                "a few-shot run's time is in its own table). Student training: the runs' wall time per seed run on every domain, as "
-                "recorded, teachers not counted; runs that shared the machine with other work took longer. "
+                "a few-shot run's time is in its own table). Student training: the runs' wall time per seed run "
+                "on every domain, as recorded, teachers not counted; runs that shared the machine with other work "
+                "took longer. "
                 + TEACHER_TRAINING_NOTE,
                 *_unlearnt_note(table), *_unconverged_note(table), *_unjudged_note(table),
                 *_retrained_note(table)]
@@ -221,8 +222,8 @@ def _versus_grid(table: Table, markup: Markup) -> tuple[str, list[str], list[lis
             f"for one seed). Domains {ours} leads: on each method's mean over its seeds. p: the paired "
             "randomisation test (Dror et al. 2018), exact, over every test example of those seeds and domains "
             f"pooled; bold: p < {SIGNIFICANT:g}; '-': no seed both ran, or a run kept no predictions. Student "
-            "training: the runs' wall time per seed run on every domain, as recorded, teachers not counted; runs that shared the "
-            f"machine with other work took longer. {TEACHER_TRAINING_NOTE}")
+            "training: the runs' wall time per seed run on every domain, as recorded, teachers not counted; "
+            f"runs that shared the machine with other work took longer. {TEACHER_TRAINING_NOTE}")
     note = " ".join([note, *_unlearnt_note(table)])
     return escape(f"{table.name}: {ours} against each method"), [escape(h) for h in headers], body, escape(note)
 
